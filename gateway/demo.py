@@ -1,0 +1,248 @@
+"""Built-in demo upstreams: four fake services on loopback, and a gateway config for them.
+
+`gateway demo` must show fan-out, chaining, optional calls, batching and a Python `combine`
+with no network and no setup. So this module starts four small HTTP services on 127.0.0.1
+(random ports) whose latencies differ like real ones do, making the saving of parallel over
+sequential visible in `meta`, and builds the matching config. All data is derived from the
+ids, so the same request always gives the same answer (tests and benchmarks depend on it).
+
+    users            ~80 ms   GET /users/{id}, GET /users?ids=1,2,3 (batch)
+    orders          ~120 ms   GET /orders?user={id}
+    recommendations ~150 ms   GET /recommendations/{id}
+    billing          ~60 ms   GET /accounts/{account_id}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway._httpserver import HTTPServer, Request, Response, json_response
+
+MAX_USER_ID = 1000
+ACCOUNT_BASE = 10_000  # user N has account ACCOUNT_BASE + N
+
+_FIRST = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia")
+_LAST = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Perlman")
+_TIERS = ("free", "pro", "enterprise")
+_PLANS = ("free", "pro-monthly", "enterprise-annual")
+_CURRENCIES = ("EUR", "USD", "GBP")
+_PRODUCTS = ("keyboard", "monitor", "mouse", "headset", "webcam", "dock", "cable", "lamp")
+
+Route = Callable[[Request], Response]
+
+
+class _BadId(Exception):
+    """An id in the path or query is not an integer: the demo answers 400 like a real API."""
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise _BadId(f"{what} must be an integer, got {value!r}") from None
+
+
+def _not_found(what: str) -> Response:
+    return json_response({"error": f"no such {what}"}, 404)
+
+
+def _user(user_id: int) -> dict[str, Any]:
+    first = _FIRST[user_id % len(_FIRST)]
+    last = _LAST[(user_id // len(_FIRST)) % len(_LAST)]
+    return {
+        "id": user_id,
+        "name": f"{first} {last}",
+        "email": f"{first.lower()}.{last.lower()}{user_id}@example.com",
+        "account_id": ACCOUNT_BASE + user_id,
+        "tier": _TIERS[user_id % len(_TIERS)],
+    }
+
+
+def _users_route(request: Request) -> Response:
+    parts = request.path.strip("/").split("/")
+    if parts == ["users"]:
+        if "ids" not in request.query:
+            return json_response({"error": "missing query parameter 'ids'"}, 400)
+        ids = [_int(raw, "id") for raw in request.query["ids"].split(",") if raw]
+        # Unknown ids are left out: the caller matches items by their "id" field.
+        return json_response([_user(i) for i in dict.fromkeys(ids) if 0 < i <= MAX_USER_ID])
+    if len(parts) == 2 and parts[0] == "users":
+        user_id = _int(parts[1], "user id")
+        if not 0 < user_id <= MAX_USER_ID:
+            return _not_found("user")
+        return json_response(_user(user_id))
+    return _not_found("route")
+
+
+def _orders_route(request: Request) -> Response:
+    if request.path.rstrip("/") != "/orders":
+        return _not_found("route")
+    if "user" not in request.query:
+        return json_response({"error": "missing query parameter 'user'"}, 400)
+    user_id = _int(request.query["user"], "user")
+    rng = random.Random(user_id)  # seeded: the same user always has the same orders
+    orders: list[dict[str, Any]] = []
+    for n in range(rng.randint(0, 4)):
+        items: list[dict[str, Any]] = []
+        total = 0.0
+        for _ in range(rng.randint(1, 4)):
+            qty, price = rng.randint(1, 3), rng.randint(500, 20_000) / 100
+            items.append({"product": rng.choice(_PRODUCTS), "qty": qty, "price": price})
+            total += qty * price
+        orders.append(
+            {"id": user_id * 100 + n, "user": user_id, "total": round(total, 2), "items": items}
+        )
+    return json_response(orders)
+
+
+def _recommendations_route(request: Request) -> Response:
+    parts = request.path.strip("/").split("/")
+    if len(parts) != 2 or parts[0] != "recommendations":
+        return _not_found("route")
+    user_id = _int(parts[1], "user id")
+    rng = random.Random(-user_id - 1)  # a different stream from the orders of the same user
+    scored = [(round(rng.uniform(0.5, 1.0), 3), p) for p in rng.sample(_PRODUCTS, 3)]
+    items = [{"product": p, "score": score} for score, p in sorted(scored, reverse=True)]
+    return json_response({"user": user_id, "items": items})
+
+
+def _billing_route(request: Request) -> Response:
+    parts = request.path.strip("/").split("/")
+    if len(parts) != 2 or parts[0] != "accounts":
+        return _not_found("route")
+    account_id = _int(parts[1], "account id")
+    user_id = account_id - ACCOUNT_BASE
+    if not 0 < user_id <= MAX_USER_ID:
+        return _not_found("account")
+    return json_response(
+        {
+            "account_id": account_id,
+            "balance": round(random.Random(account_id).uniform(-50, 5000), 2),
+            "currency": _CURRENCIES[account_id % len(_CURRENCIES)],
+            "plan": _PLANS[user_id % len(_PLANS)],
+        }
+    )
+
+
+def _service(route: Route, delay: float) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        await asyncio.sleep(delay)  # the latency of a real service, before any answer
+        if request.method not in ("GET", "HEAD"):
+            return json_response({"error": "method not allowed"}, 405, {"allow": "GET"})
+        try:
+            return route(request)
+        except _BadId as exc:
+            return json_response({"error": str(exc)}, 400)
+
+    return handle
+
+
+_SERVICES: dict[str, tuple[Route, float]] = {
+    "users": (_users_route, 0.080),
+    "orders": (_orders_route, 0.120),
+    "recommendations": (_recommendations_route, 0.150),
+    "billing": (_billing_route, 0.060),
+}
+
+
+@dataclass
+class DemoUpstreams:
+    servers: dict[str, HTTPServer]
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {name: server.url for name, server in self.servers.items()}
+
+    async def close(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for server in self.servers.values():
+                tg.create_task(server.close())
+
+
+async def start_demo_upstreams(scale: float = 1.0) -> DemoUpstreams:
+    """Start the four services; `scale` multiplies every delay (tests use 0.01)."""
+    demo = DemoUpstreams({})
+    try:
+        for name, (route, delay) in _SERVICES.items():
+            server = HTTPServer(_service(route, delay * scale))
+            await server.start()
+            demo.servers[name] = server
+    except BaseException:
+        await demo.close()
+        raise
+    return demo
+
+
+def demo_config(urls: dict[str, str]) -> dict[str, Any]:
+    """The gateway config (same shape as the TOML file) for upstreams at `urls`."""
+    user_call = {"name": "user", "upstream": "users", "path": "/users/{user_id}"}
+    account_call = {"name": "account", "upstream": "billing", "path": "/accounts/{user.account_id}"}
+    return {
+        "gateway": {"strategy": "parallel", "timeout": 2.0, "deadline": 5.0},
+        "upstreams": {
+            "users": {
+                "url": urls["users"],
+                "batch": {
+                    "path": "/users",
+                    "param": "ids",
+                    "key": "id",
+                    "max_size": 50,
+                    "window_ms": 5,
+                },
+            },
+            "orders": {"url": urls["orders"]},
+            "recommendations": {"url": urls["recommendations"]},
+            "billing": {"url": urls["billing"]},
+        },
+        "endpoints": [
+            {
+                "route": "/dashboard/<int:user_id>",
+                "method": "GET",
+                "calls": [
+                    {
+                        **user_call,
+                        "select": ["id", "name", "account_id", "tier"],
+                        "rename": {"name": "full_name"},
+                    },
+                    {
+                        "name": "orders",
+                        "upstream": "orders",
+                        "path": "/orders",
+                        "query": {"user": "{user_id}"},
+                        "optional": True,
+                        "default": [],
+                    },
+                    {
+                        "name": "recommendations",
+                        "upstream": "recommendations",
+                        "path": "/recommendations/{user_id}",
+                        "optional": True,
+                        "default": {"items": []},
+                    },
+                    account_call,
+                ],
+            },
+            {
+                "route": "/profile/<int:user_id>",
+                "method": "GET",
+                "combine": "gateway.demo:combine_profile",
+                "calls": [dict(user_call), dict(account_call)],
+            },
+        ],
+    }
+
+
+def combine_profile(results: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """The `combine` hook of /profile: shows business logic merging two upstreams' replies."""
+    user, account = results["user"], results["account"]
+    return {
+        "id": user["id"],
+        "name": user.get("full_name", user.get("name")),
+        "balance": account["balance"],
+        "currency": account["currency"],
+        "plan": account["plan"],
+    }
