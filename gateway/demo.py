@@ -18,9 +18,13 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway._httpserver import HTTPServer, Request, Response, json_response
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.fan import Fan
 
 MAX_USER_ID = 1000
 ACCOUNT_BASE = 10_000  # user N has account ACCOUNT_BASE + N
@@ -246,3 +250,19 @@ def combine_profile(results: dict[str, Any], ctx: Any) -> dict[str, Any]:
         "currency": account["currency"],
         "plan": account["plan"],
     }
+
+
+def register_demo_views(gw: Gateway) -> None:
+    """A code-defined endpoint: the same fan-out written in Python with `@gw.aggregate`."""
+
+    @gw.aggregate("/summary/<int:user_id>")
+    async def summary(fan: Fan, user_id: int) -> dict[str, Any]:
+        user, orders = await fan.gather(
+            fan.get("users", f"/users/{user_id}", name="user"),
+            fan.get("orders", "/orders", params={"user": user_id}, optional=True, default=[]),
+        )
+        return {
+            "name": user["name"],
+            "orders": len(orders),
+            "spent": round(sum(o["total"] for o in orders), 2),
+        }

@@ -1,0 +1,39 @@
+"""API aggregation gateway: one request in, concurrent upstream calls out, one timed reply."""
+
+from .app import Gateway, Result, create_app
+from .config import Config, load_config
+from .context import RequestContext
+from .errors import (
+    CallError,
+    CallInputError,
+    CircuitOpen,
+    ConfigError,
+    GatewayError,
+    RequestError,
+    UpstreamBadReply,
+    UpstreamStatus,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .fan import Fan, FanCall
+
+__all__ = [
+    "CallError",
+    "CallInputError",
+    "CircuitOpen",
+    "Config",
+    "ConfigError",
+    "Fan",
+    "FanCall",
+    "Gateway",
+    "GatewayError",
+    "RequestContext",
+    "RequestError",
+    "Result",
+    "UpstreamBadReply",
+    "UpstreamStatus",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "create_app",
+    "load_config",
+]

@@ -1,0 +1,328 @@
+"""The Quart app: routes, lifecycle, request parsing and the response; kept thin.
+
+A request walks app -> routing -> plan/engine (or fan, for code views) ->
+upstream, and comes back here to become an envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from quart import Quart, Response, request
+from quart.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException
+
+from . import envelope
+from .config import STRATEGIES, Config, load_config
+from .context import HeaderMap, RequestContext
+from .engine import OnCall, execute
+from .envelope import CallRecord
+from .errors import CallError, RequestError
+from .fan import Fan
+from .plan import Plan, compile_plans
+from .routing import CodeView, Router, Target
+from .runtime import Runtime
+from .template import Inputs
+
+log = logging.getLogger("gateway")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """Quart's `jsonify` through orjson: several times faster than the stdlib."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return envelope.dumps(obj).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+
+@dataclass(slots=True)
+class Result:
+    """One aggregate request's outcome, before it becomes an HTTP, job or WebSocket reply."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Gateway:
+    """A configured gateway: its Quart app, its plans, its code-defined endpoints.
+
+    `gw = Gateway("gateway.toml")`, then `@gw.aggregate(route)` for endpoints
+    written in Python, and serve `gw.app`.
+    """
+
+    def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | Config,
+                 import_name: str = "gateway") -> None:
+        self.config = load_config(config)
+        self.router = Router(compile_plans(self.config))
+        self.runtime: Runtime | None = None
+        self.app = Quart(import_name)
+        self.app.json = OrjsonProvider(self.app)
+        self.app.config["MAX_CONTENT_LENGTH"] = self.config.gateway.max_request_bytes
+        self.app.extensions["gateway"] = self
+        self._wire()
+
+    # -- public API -------------------------------------------------------------------------
+
+    def aggregate(self, route: str, *, methods: tuple[str, ...] = ("GET",),
+                  strategy: str | None = None, deadline: float | None = None
+                  ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+        """Register `async def view(fan, **route_params)` as an aggregate endpoint."""
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+
+        def register(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(f"{func.__name__} must be an async function")
+            view = CodeView(route, tuple(m.upper() for m in methods), func, strategy, deadline)
+            self.router = self.router.with_view(view)
+            return func
+
+        return register
+
+    async def run(self, target: Target, ctx: RequestContext,
+                  on_call: OnCall | None = None) -> Result:
+        """Run one matched endpoint for a prepared request; never raises for call failures."""
+        runtime = self._runtime()
+        if isinstance(target, Plan):
+            return await self._run_plan(target, ctx, runtime, on_call)
+        return await self._run_view(target, ctx, runtime, on_call)
+
+    def context(self, target: Target, params: dict[str, Any], *, method: str, path: str,
+                query: Mapping[str, str], headers: HeaderMap, body: bytes,
+                started: float | None = None) -> RequestContext:
+        """Check and parse what a request brings; raises `RequestError` for bad input."""
+        started = time.perf_counter() if started is None else started
+        strategy = self._strategy(target, headers.get("x-gateway-strategy"))
+        parsed = _parse_json(body) if body and _wants_body(target) else None
+        ctx = RequestContext(request_id=request_id(headers), method=method, path=path,
+                             params=params, query=query, headers=headers, body=parsed,
+                             strategy=strategy, started=started)
+        if isinstance(target, Plan):
+            target.check_request(Inputs(params, query, headers, parsed, {}))
+        return ctx
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def _run_plan(self, plan: Plan, ctx: RequestContext, runtime: Runtime,
+                        on_call: OnCall | None) -> Result:
+        deadline = plan.deadline or self.config.gateway.deadline
+        outcome = await execute(plan, ctx, runtime.upstreams, deadline=deadline,
+                                on_call=on_call)
+        records = list(outcome.records.values())
+        if not outcome.ok:
+            return self._result(ctx, outcome.status, None, records, outcome.error,
+                                outcome.extra_headers)
+        data: Any = {c.name: outcome.results.get(c.name) for c in plan.calls}
+        if plan.combine is not None:
+            try:
+                if plan.combine_is_async:
+                    data = await plan.combine(data, ctx)
+                else:  # a sync hook runs in a thread so it can never stall the loop
+                    data = await asyncio.to_thread(plan.combine, data, ctx)
+            except Exception:
+                log.exception("combine hook failed (request id %s)", ctx.request_id)
+                return self._result(ctx, 500, None, records,
+                                    f"the endpoint's combine hook failed "
+                                    f"(request id {ctx.request_id})")
+        return self._result(ctx, 200, data, records, complete=outcome.complete)
+
+    async def _run_view(self, view: CodeView, ctx: RequestContext, runtime: Runtime,
+                        on_call: OnCall | None) -> Result:
+        fan = Fan(ctx, runtime.upstreams, on_call)
+        deadline = view.deadline or self.config.gateway.deadline
+        try:
+            async with asyncio.timeout(deadline):
+                data = await view(fan, dict(ctx.params))
+        except CallError as error:
+            status, extra = envelope.failure_status(error)
+            return self._result(ctx, status, None, list(fan.records.values()), str(error), extra)
+        except TimeoutError:
+            return self._result(ctx, 504, None, list(fan.records.values()),
+                                f"deadline of {deadline:g}s passed")
+        except RequestError as error:
+            return self._result(ctx, error.status, None, list(fan.records.values()), str(error))
+        except Exception:
+            log.exception("view %s failed (request id %s)", view.func.__name__, ctx.request_id)
+            return self._result(ctx, 500, None, list(fan.records.values()),
+                                f"the endpoint failed (request id {ctx.request_id})")
+        records = list(fan.records.values())
+        return self._result(ctx, 200, data, records, complete=all(r.ok for r in records))
+
+    def _result(self, ctx: RequestContext, status: int, data: Any, records: list[CallRecord],
+                error: str | None = None, extra: Mapping[str, str] | None = None,
+                complete: bool = False) -> Result:
+        total = (time.perf_counter() - ctx.started) * 1000.0
+        body = envelope.body(data, strategy=ctx.strategy, records=records,
+                             processing_ms=total, complete=complete and error is None,
+                             error=error)
+        headers = envelope.headers(ctx.request_id, records, total)
+        if extra:
+            headers.update(extra)
+        return Result(status, body, headers)
+
+    def _strategy(self, target: Target, header: str | None) -> str:
+        if header is not None:
+            value = header.strip().lower()
+            if value not in STRATEGIES:
+                raise RequestError("X-Gateway-Strategy must be 'parallel' or 'sequential'")
+            return value
+        return target.strategy or self.config.gateway.strategy
+
+    def _runtime(self) -> Runtime:
+        if self.runtime is None:
+            raise RuntimeError("the gateway is not serving (no runtime); start the app first")
+        return self.runtime
+
+    # -- Quart wiring -------------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        app = self.app
+
+        @app.before_serving
+        async def start() -> None:
+            runtime = Runtime(self.config)
+            await runtime.start()
+            self.runtime = runtime
+
+        @app.after_serving
+        async def stop() -> None:
+            if self.runtime is not None:
+                await self.runtime.close()
+                self.runtime = None
+
+        async def healthz() -> Response:
+            return _json({"status": "ok"}, 200)
+
+        async def readyz() -> Response:
+            ready = self.runtime is not None
+            upstreams = {name: {"state": "closed"} for name in self.config.upstreams}
+            return _json({"ready": ready, "upstreams": upstreams}, 200 if ready else 503)
+
+        app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
+        app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
+        app.add_url_rule("/", "aggregate_root", self._dispatch, methods=_METHODS,
+                         provide_automatic_options=False)
+        app.add_url_rule("/<path:_path>", "aggregate", self._dispatch, methods=_METHODS,
+                         provide_automatic_options=False)
+        app.register_error_handler(HTTPException, self._http_error)
+        app.register_error_handler(Exception, self._internal_error)
+        if self.config.gateway.cors_origins:
+            app.after_request(self._cors)
+
+    async def _dispatch(self, _path: str = "") -> Response:
+        started = time.perf_counter()
+        headers = request.headers
+        if request.method == "OPTIONS":
+            return self._preflight()
+        try:
+            target, params = self.router.match(request.path, request.method)
+            body = await _body(target)
+            ctx = self.context(target, params, method=request.method, path=request.path,
+                               query=request.args, headers=headers, body=body,
+                               started=started)
+        except RequestError as error:
+            return self._error(error.status, str(error), headers, started)
+        result = await self.run(target, ctx)
+        return Response(envelope.dumps(result.body), status=result.status,
+                        headers=result.headers, content_type="application/json")
+
+    def _error(self, status: int, message: str, headers: HeaderMap,
+               started: float) -> Response:
+        strategy = (headers.get("x-gateway-strategy") or "").strip().lower()
+        ctx = RequestContext(request_id(headers), "", "", {}, {}, headers, None,
+                             strategy if strategy in STRATEGIES else self.config.gateway.strategy,
+                             started)
+        result = self._result(ctx, status, None, [], message)
+        return Response(envelope.dumps(result.body), status=status, headers=result.headers,
+                        content_type="application/json")
+
+    async def _http_error(self, error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 413:
+            message = f"request body over {self.config.gateway.max_request_bytes} bytes"
+        else:
+            message = (error.description or error.name or "error").splitlines()[0]
+        return self._error(status, message, request.headers, time.perf_counter())
+
+    async def _internal_error(self, error: Exception) -> Response:
+        rid = request_id(request.headers)
+        log.error("unhandled error (request id %s)", rid, exc_info=error)
+        return self._error(500, f"internal error (request id {rid})", request.headers,
+                           time.perf_counter())
+
+    def _preflight(self) -> Response:
+        origin = request.headers.get("origin")
+        if origin is None or not self._origin_allowed(origin):
+            return Response(b"", status=204)
+        response = Response(b"", status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "access-control-request-headers", "content-type")
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    async def _cors(self, response: Response) -> Response:
+        origin = request.headers.get("origin")
+        if origin is not None and self._origin_allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = (
+                "Server-Timing, X-Processing-Time-Ms, X-Request-ID")
+            response.headers["Timing-Allow-Origin"] = origin
+            response.vary.add("Origin")
+        return response
+
+    def _origin_allowed(self, origin: str) -> bool:
+        allowed = self.config.gateway.cors_origins
+        return "*" in allowed or origin in allowed
+
+
+def create_app(config: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Quart:
+    """The ASGI app for a config path, a dict of the TOML's shape, or a `Config`."""
+    return Gateway(config).app
+
+
+def request_id(headers: HeaderMap) -> str:
+    """The client's `X-Request-ID` if it is a sane token, else a fresh one."""
+    given = headers.get("x-request-id")
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+async def _body(target: Target) -> bytes:
+    if not _wants_body(target):
+        return b""
+    data = await request.get_data(cache=False, as_text=False)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def _wants_body(target: Target) -> bool:
+    return target.needs_body if isinstance(target, Plan) else True
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"request body is not valid JSON: {str(exc).splitlines()[0]}"
+                           ) from None
+
+
+def _json(obj: Any, status: int) -> Response:
+    return Response(envelope.dumps(obj), status=status, content_type="application/json")

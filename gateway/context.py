@@ -1,0 +1,28 @@
+"""What one incoming request brings; handed to `combine` hooks and fan-out views."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from werkzeug.datastructures import Headers
+
+# Incoming headers: werkzeug's case-insensitive `Headers`, or a plain dict of lower-case names.
+HeaderMap: TypeAlias = Mapping[str, str] | Headers
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """The request as the business logic sees it (read-only by convention)."""
+
+    request_id: str
+    method: str
+    path: str
+    params: Mapping[str, Any]
+    query: Mapping[str, str]
+    headers: HeaderMap
+    body: Any
+    strategy: str  # "parallel" or "sequential", after the X-Gateway-Strategy override
+    started: float  # time.perf_counter() when the request arrived
+    extras: dict[str, Any] = field(default_factory=dict)  # free for hooks and middleware

@@ -1,0 +1,90 @@
+"""The gateway's one error hierarchy.
+
+    GatewayError
+     ├── ConfigError            the config is invalid; carries every problem found
+     ├── RequestError           the incoming request is bad (4xx, nothing was forwarded)
+     └── CallError              one upstream call failed
+          ├── CallInputError     a {CALL.x} value the call needs is missing or unusable
+          ├── UpstreamTimeout    the call's timeout passed (504)
+          ├── UpstreamUnavailable  connect error, reset, protocol error (502)
+          ├── UpstreamStatus     the upstream answered non-2xx (4xx passes through, else 502)
+          ├── UpstreamBadReply   non-JSON or oversize body (502)
+          └── CircuitOpen        the upstream's breaker is open (503 + Retry-After)
+
+A `CallError` says both what happened to the call (`status`, the upstream's
+own status if it answered) and what a required failure makes of the whole
+request (`gateway_status`). Messages are one line, safe to show a client:
+they never hold a traceback or anything the client did not already know.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The config is invalid; `problems` holds one `key.path: reason` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class RequestError(GatewayError):
+    """The incoming request cannot be served as sent; answered with `status`."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class CallError(GatewayError):
+    """An upstream call failed; `gateway_status` is what it costs a required call."""
+
+    gateway_status = 502
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class CallInputError(CallError):
+    """A value the call needs from another call's reply is missing or unusable."""
+
+
+class UpstreamTimeout(CallError):
+    """The call did not finish within its timeout (connect, wait and body included)."""
+
+    gateway_status = 504
+
+
+class UpstreamUnavailable(CallError):
+    """The upstream could not be reached or broke the connection."""
+
+
+class UpstreamStatus(CallError):
+    """The upstream answered with a non-2xx status.
+
+    A 4xx is the upstream's verdict on the request (a 404 user does not
+    exist), so it passes through; anything else is the upstream's fault: 502.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, status)
+        self.gateway_status = status if 400 <= status < 500 else 502
+
+
+class UpstreamBadReply(CallError):
+    """The upstream answered 2xx but with a body we cannot use."""
+
+
+class CircuitOpen(CallError):
+    """The upstream's circuit breaker is open; the call was not attempted."""
+
+    gateway_status = 503
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, None)
+        self.retry_after = retry_after

@@ -1,0 +1,194 @@
+"""Endpoint config -> compiled plan: a DAG of call templates (pure, built once at load).
+
+Everything a request needs that does not depend on the request is worked
+out here: parsed templates, each call's dependencies, the sequential order,
+the request values to check before anything is sent, the imported
+`combine` hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from .config import Config, EndpointConfig, route_params
+from .errors import ConfigError, RequestError
+from .template import BodyTemplate, Inputs, Ref, UrlTemplate, lookup, scalar_text
+
+Combine = Callable[[dict[str, Any], Any], Any | Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    name: str
+    upstream: str
+    method: str
+    path: UrlTemplate | None
+    batch_key: UrlTemplate | None
+    query: tuple[tuple[str, UrlTemplate], ...]  # keys already percent-encoded
+    body: BodyTemplate | None
+    optional: bool
+    default: Any
+    select: tuple[str, ...] | None
+    rename: Mapping[str, str]
+    deps: tuple[str, ...]
+
+    def render_url(self, inputs: Inputs) -> str:
+        """Path and query string, every substituted value percent-encoded."""
+        assert self.path is not None
+        url = self.path.render(inputs, self.name)
+        if self.query:
+            url += "?" + "&".join(
+                f"{key}={value.render(inputs, self.name)}" for key, value in self.query
+            )
+        return url
+
+    def shape(self, data: Any) -> Any:
+        """Apply `select` then `rename` to an object, or to each object of a list."""
+        if self.select is None and not self.rename:
+            return data
+        if isinstance(data, list):
+            return [self._shape_one(item) for item in data]
+        return self._shape_one(data)
+
+    def _shape_one(self, item: Any) -> Any:
+        if not isinstance(item, dict):
+            return item
+        if self.select is not None:
+            item = {k: item[k] for k in self.select if k in item}
+        if self.rename:
+            item = {self.rename.get(k, k): v for k, v in item.items()}
+        return item
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCheck:
+    """A request value some call needs, checked before any call is sent."""
+
+    ref: Ref
+    call: str
+    in_path: bool
+    in_url: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    route: str
+    method: str
+    strategy: str | None
+    deadline: float | None
+    calls: tuple[CallPlan, ...]  # config order
+    order: tuple[CallPlan, ...]  # config order, each call after the calls it needs
+    checks: tuple[RequestCheck, ...]
+    needs_body: bool
+    combine: Combine | None
+    combine_is_async: bool
+
+    def check_request(self, inputs: Inputs) -> None:
+        """Raise `RequestError` (400) for a missing or unusable request value."""
+        for check in self.checks:
+            value = lookup(check.ref, inputs, check.call)
+            if check.in_url:
+                text = scalar_text(value, check.ref, check.call)
+                if check.in_path and text in (".", ".."):
+                    raise RequestError(f"value of {check.ref.text} is a '.' or '..' path segment")
+
+
+def compile_plans(config: Config) -> tuple[Plan, ...]:
+    """One plan per endpoint; raises `ConfigError` if a `combine` hook cannot be imported."""
+    problems: list[str] = []
+    plans = []
+    for i, endpoint in enumerate(config.endpoints):
+        combine = None
+        if endpoint.combine:
+            try:
+                combine = import_hook(endpoint.combine)
+            except (ImportError, AttributeError, TypeError) as exc:
+                problems.append(f"endpoints[{i}].combine: {exc}")
+        plans.append(compile_plan(endpoint, combine))
+    if problems:
+        raise ConfigError(problems)
+    return tuple(plans)
+
+
+def compile_plan(endpoint: EndpointConfig, combine: Combine | None = None) -> Plan:
+    """Compile one already-validated endpoint."""
+    params = route_params(endpoint.route)
+    names = tuple(c.name for c in endpoint.calls)
+    calls = []
+    checks: list[RequestCheck] = []
+    needs_body = False
+    for call in endpoint.calls:
+        path = UrlTemplate.parse(call.path, params, names, True) if call.path else None
+        batch_key = (
+            UrlTemplate.parse(call.batch_key, params, names, False) if call.batch_key else None
+        )
+        query = tuple(
+            (quote(k, safe=""), UrlTemplate.parse(v, params, names, False)) for k, v in call.query
+        )
+        body = BodyTemplate.parse(call.body, params, names) if call.has_body else None
+        url_templates = [t for t in (path, batch_key) if t] + [t for _, t in query]
+        refs: list[Ref] = []
+        for t in url_templates:
+            refs += t.refs
+            checks += [RequestCheck(r, call.name, t.in_path, True)
+                       for r in t.refs if r.from_request]
+        if body is not None:
+            refs += body.refs
+            checks += [RequestCheck(r, call.name, False, False)
+                       for r in body.refs if r.from_request]
+        needs_body = needs_body or any(r.source == "body" for r in refs)
+        deps = tuple(dict.fromkeys(r.name for r in refs if r.source == "call"))
+        calls.append(CallPlan(
+            name=call.name, upstream=call.upstream, method=call.method, path=path,
+            batch_key=batch_key, query=query, body=body, optional=call.optional,
+            default=call.default, select=call.select, rename=dict(call.rename), deps=deps,
+        ))
+    return Plan(
+        route=endpoint.route,
+        method=endpoint.method,
+        strategy=endpoint.strategy,
+        deadline=endpoint.deadline,
+        calls=tuple(calls),
+        order=topological(tuple(calls)),
+        checks=tuple(checks),
+        needs_body=needs_body,
+        combine=combine,
+        combine_is_async=combine is not None and inspect.iscoroutinefunction(combine),
+    )
+
+
+def topological(calls: tuple[CallPlan, ...]) -> tuple[CallPlan, ...]:
+    """Config order, except that a call always comes after the calls it needs."""
+    done: set[str] = set()
+    out: list[CallPlan] = []
+    pending = list(calls)
+    while pending:
+        for i, call in enumerate(pending):
+            if all(d in done for d in call.deps):
+                out.append(pending.pop(i))
+                done.add(call.name)
+                break
+        else:  # unreachable for a validated config (cycles are refused at load)
+            raise ValueError("dependency cycle")
+    return tuple(out)
+
+
+def import_hook(spec: str) -> Combine:
+    """Import `module:function`; errors name what was missing."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"cannot import module '{module_name}': {exc}") from exc
+    try:
+        hook = getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(f"module '{module_name}' has no '{attr}'") from None
+    if not callable(hook):
+        raise TypeError(f"'{spec}' is not callable")
+    return hook  # type: ignore[no-any-return]

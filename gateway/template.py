@@ -1,0 +1,260 @@
+"""Placeholders: parsing at load, substitution and encoding per request (pure).
+
+`{user_id}` is a route parameter, `{query.NAME}`, `{header.NAME}` and
+`{body.FIELD}` come from the incoming request, `{CALL.FIELD.SUB}` from another
+call's reply. Values substituted into a URL are percent-encoded as one path
+segment or query value, so nothing a client or an upstream sends can change
+which upstream path or host is called.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote
+
+from .context import HeaderMap
+from .errors import CallInputError, RequestError
+
+Source = Literal["param", "query", "header", "body", "call"]
+REQUEST_SOURCES = ("query", "header", "body")
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+_FORBIDDEN = ("\r", "\n", "\0")
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """One placeholder, resolved to its source at load time."""
+
+    source: Source
+    name: str  # route parameter, query or header name, body field, or call name
+    path: tuple[str, ...]  # fields below `name`
+    text: str  # as written, for messages
+
+    @property
+    def from_request(self) -> bool:
+        return self.source != "call"
+
+
+class TemplateSyntaxError(ValueError):
+    """A template could not be parsed; the message says where."""
+
+
+def parse_refs(text: str, params: tuple[str, ...], calls: tuple[str, ...]) -> list[str | Ref]:
+    """Split `text` into literal strings and `Ref`s; raise `TemplateSyntaxError` if unusable."""
+    parts: list[str | Ref] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        if m.start() > pos:
+            parts.append(text[pos : m.start()])
+        parts.append(_ref(m.group(1), params, calls))
+        pos = m.end()
+    tail = text[pos:]
+    if "{" in tail or "}" in tail or any("{" in p or "}" in p for p in parts if isinstance(p, str)):
+        raise TemplateSyntaxError(f"unbalanced '{{' or '}}' in '{text}'")
+    if tail:
+        parts.append(tail)
+    return parts
+
+
+def _ref(inner: str, params: tuple[str, ...], calls: tuple[str, ...]) -> Ref:
+    text = "{" + inner + "}"
+    segs = tuple(inner.split("."))
+    if not inner or not all(_SEGMENT.match(s) for s in segs):
+        raise TemplateSyntaxError(f"'{text}' is not a placeholder (names joined by '.')")
+    head = segs[0]
+    if head in REQUEST_SOURCES:
+        if len(segs) < 2:
+            raise TemplateSyntaxError(f"'{text}' needs a name, like {{{head}.NAME}}")
+        name = segs[1].lower() if head == "header" else segs[1]
+        return Ref(head, name, segs[2:], text)  # type: ignore[arg-type]
+    if head in params:
+        if len(segs) > 1:
+            raise TemplateSyntaxError(f"'{text}': route parameter '{head}' has no fields")
+        return Ref("param", head, (), text)
+    if head in calls:
+        return Ref("call", head, segs[1:], text)
+    raise TemplateSyntaxError(f"'{text}' names neither a route parameter nor a call")
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What placeholders read from: the incoming request and the replies so far."""
+
+    params: Mapping[str, Any]
+    query: Mapping[str, str]
+    headers: HeaderMap
+    body: Any
+    results: Mapping[str, Any]
+
+
+_MISSING = object()
+
+
+def lookup(ref: Ref, inputs: Inputs, call: str) -> Any:
+    """The value a placeholder stands for; a missing one is a 400 or a failed call."""
+    if ref.source == "param":
+        value = inputs.params.get(ref.name, _MISSING)
+    elif ref.source == "query":
+        value = inputs.query.get(ref.name, _MISSING)
+    elif ref.source == "header":
+        value = inputs.headers.get(ref.name, _MISSING)
+    elif ref.source == "body":
+        value = _dig(inputs.body, (ref.name,))
+    else:
+        value = inputs.results.get(ref.name, _MISSING)
+    if ref.path and value is not _MISSING:
+        value = _dig(value, ref.path)
+    if value is _MISSING or value is None:
+        raise missing(ref, call)
+    return value
+
+
+def missing(ref: Ref, call: str) -> RequestError | CallInputError:
+    what = {
+        "param": "route parameter",
+        "query": "query parameter",
+        "header": "header",
+        "body": "body field",
+        "call": "reply field",
+    }[ref.source]
+    shown = ref.text[1:-1] if ref.source in ("body", "call") else ref.name
+    if ref.from_request or ref.source == "param":
+        return RequestError(f"missing {what} '{shown}' (needed by call '{call}')")
+    return CallInputError(f"call '{call}': {what} '{shown}' is missing")
+
+
+def _dig(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if isinstance(value, dict):
+            value = value.get(key, _MISSING)
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return _MISSING
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def scalar_text(value: Any, ref: Ref, call: str) -> str:
+    """A value as text for a URL; only scalars qualify, and never CR/LF/NUL."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float, str)):
+        text = str(value)
+    else:
+        raise _bad(ref, call, "is not a single value")
+    if any(ch in text for ch in _FORBIDDEN):
+        raise _bad(ref, call, "contains CR, LF or NUL")
+    return text
+
+
+def _bad(ref: Ref, call: str, reason: str) -> RequestError | CallInputError:
+    if ref.source == "call":
+        return CallInputError(f"call '{call}': {ref.text} {reason}")
+    return RequestError(f"value of {ref.text} {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class UrlTemplate:
+    """A path or query value with placeholders; renders percent-encoded text."""
+
+    parts: tuple[str | Ref, ...]
+    in_path: bool
+
+    @classmethod
+    def parse(cls, text: str, params: tuple[str, ...], calls: tuple[str, ...],
+              in_path: bool) -> UrlTemplate:
+        return cls(tuple(parse_refs(text, params, calls)), in_path)
+
+    @property
+    def refs(self) -> tuple[Ref, ...]:
+        return tuple(p for p in self.parts if isinstance(p, Ref))
+
+    def render(self, inputs: Inputs, call: str, encode: bool = True) -> str:
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            text = scalar_text(lookup(part, inputs, call), part, call)
+            if self.in_path and text in (".", ".."):
+                raise _bad(part, call, "is a '.' or '..' path segment")
+            out.append(quote(text, safe="") if encode else text)
+        return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyTemplate:
+    """A JSON body template; a string that is one placeholder keeps the value's JSON type."""
+
+    shape: Any  # JSON with str leaves replaced by tuple[str | Ref, ...]
+
+    @classmethod
+    def parse(cls, raw: Any, params: tuple[str, ...], calls: tuple[str, ...]) -> BodyTemplate:
+        return cls(_parse_body(raw, params, calls))
+
+    @property
+    def refs(self) -> tuple[Ref, ...]:
+        found: list[Ref] = []
+        _collect(self.shape, found)
+        return tuple(found)
+
+    def render(self, inputs: Inputs, call: str) -> Any:
+        return _render_body(self.shape, inputs, call)
+
+
+def _parse_body(raw: Any, params: tuple[str, ...], calls: tuple[str, ...]) -> Any:
+    if isinstance(raw, str):
+        parts = parse_refs(raw, params, calls)
+        return tuple(parts) if any(isinstance(p, Ref) for p in parts) else raw
+    if isinstance(raw, dict):
+        return {k: _parse_body(v, params, calls) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_parse_body(v, params, calls) for v in raw]
+    return raw
+
+
+def _collect(shape: Any, found: list[Ref]) -> None:
+    if isinstance(shape, tuple):
+        found.extend(p for p in shape if isinstance(p, Ref))
+    elif isinstance(shape, dict):
+        for v in shape.values():
+            _collect(v, found)
+    elif isinstance(shape, list):
+        for v in shape:
+            _collect(v, found)
+
+
+def _render_body(shape: Any, inputs: Inputs, call: str) -> Any:
+    if isinstance(shape, tuple):
+        if len(shape) == 1:
+            return lookup(shape[0], inputs, call)
+        out = []
+        for part in shape:
+            if isinstance(part, str):
+                out.append(part)
+            else:
+                value = lookup(part, inputs, call)
+                out.append(value if isinstance(value, str) else _text(value))
+        return "".join(out)
+    if isinstance(shape, dict):
+        return {k: _render_body(v, inputs, call) for k, v in shape.items()}
+    if isinstance(shape, list):
+        return [_render_body(v, inputs, call) for v in shape]
+    return shape
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    import orjson
+
+    return orjson.dumps(value).decode()
