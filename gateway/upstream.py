@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .transport import AiohttpTransport
 
 USER_AGENT = "quart-aggregation-gateway"
 # Bodies above this are parsed off the event loop so one big reply cannot stall every request.
@@ -61,14 +63,13 @@ class Upstream:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=self.config.max_connections,
-                              max_keepalive_connections=self.config.max_connections)
+        transport = self._transport or AiohttpTransport(self.config.max_connections)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout),
-            limits=limits,
             follow_redirects=False,
             trust_env=False,
-            transport=self._transport,
+            transport=transport,
+            cookies=_no_cookies(),
         )
 
     async def close(self) -> None:
@@ -183,6 +184,11 @@ class Upstream:
             raise UpstreamBadReply(
                 f"upstream '{self.name}' answered {status} with a body that is not JSON", status
             ) from None
+
+
+def _no_cookies() -> CookieJar:
+    """A jar that keeps nothing: one user's upstream cookies must never reach another's call."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 def _connection_tokens(value: str) -> frozenset[str]:
