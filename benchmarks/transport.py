@@ -85,6 +85,41 @@ async def _variant_ours() -> tuple[Call, Callable[[], Awaitable[None]]]:
     return call, client.aclose
 
 
+async def _variant_ours_request() -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """Ours, with the httpx.Request built directly (skips build_request's merging)."""
+    from gateway.transport import AiohttpTransport
+
+    client = httpx.AsyncClient(transport=AiohttpTransport(max_connections=32), trust_env=False)
+    headers = [("accept", "application/json")]
+
+    async def call(url: str) -> bytes:
+        response = await client.send(httpx.Request("GET", url, headers=headers), stream=True)
+        try:
+            return b"".join([c async for c in response.aiter_bytes()])
+        finally:
+            await response.aclose()
+
+    return call, client.aclose
+
+
+async def _variant_ours_transport() -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """Ours, through the transport interface directly (no client send pipeline)."""
+    from gateway.transport import AiohttpTransport
+
+    transport = AiohttpTransport(max_connections=32)
+    headers = [("accept", "application/json")]
+
+    async def call(url: str) -> bytes:
+        response = await transport.handle_async_request(httpx.Request("GET", url,
+                                                                      headers=headers))
+        try:
+            return b"".join([c async for c in response.aiter_bytes()])
+        finally:
+            await response.aclose()
+
+    return call, transport.aclose
+
+
 async def _variant_aiohttp() -> tuple[Call, Callable[[], Awaitable[None]]]:
     import aiohttp
 
@@ -101,6 +136,8 @@ VARIANTS = {
     "httpx (httpcore, no sniffio)": lambda: _variant_httpx(False),
     "httpx + AiohttpTransport (httpx-aiohttp)": _variant_httpx_aiohttp,
     "httpx + gateway.transport (ours)": _variant_ours,
+    "httpx + ours, Request built directly, client.send": _variant_ours_request,
+    "httpx + ours, transport.handle_async_request": _variant_ours_transport,
     "aiohttp ClientSession (reference)": _variant_aiohttp,
 }
 
