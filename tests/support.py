@@ -1,0 +1,234 @@
+"""Plain helpers for end-to-end tests: upstream handlers, a raw socket server, config builders.
+
+The fixtures that start and stop things live in `conftest.py`; this module holds what
+tests import by name (`from support import echo, make_config, ...`).
+
+    the factory types of the fixtures in `conftest.py`, and `LiveServer`
+    RecordingServer  an `HTTPServer` that also keeps every request it received (`seen`)
+    RawServer        a bare TCP server for upstreams that misbehave over time (drip-feed,
+                     endless chunked bodies): the handler writes bytes to the socket itself
+    echo, reply      handlers: echo the request as JSON / answer a fixed body after a delay
+    make_config      a config dict (the TOML's shape) from servers and endpoint dicts
+    to_toml          that dict as a TOML file, for `gateway serve --config`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quart import Quart
+from quart.typing import TestClientProtocol
+
+from gateway import Gateway
+from gateway._httpserver import Handler, HTTPServer, Request, Response, json_response
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class RecordingServer(HTTPServer):
+    """An `HTTPServer` that records each request before its handler runs.
+
+    `requests` counts requests, `cancelled` counts handlers cancelled because the client
+    (the gateway) went away, `seen` holds the parsed requests (raw, still-encoded path).
+    """
+
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.seen: list[Request] = []
+
+        async def record(request: Request) -> Response:
+            self.seen.append(request)
+            return await handler(request)
+
+        super().__init__(record, host, port)
+
+    @property
+    def last(self) -> Request:
+        assert self.seen, "the upstream received no request"
+        return self.seen[-1]
+
+
+async def echo(request: Request) -> Response:
+    """Answers with what it received: method, raw path, query, headers, body."""
+    body: Any = request.body.decode("utf-8", "replace")
+    if request.headers.get("content-type", "").startswith("application/json") and body:
+        body = json.loads(body)
+    return json_response({
+        "method": request.method,
+        "path": request.path,
+        "raw_query": request.raw_query,
+        "query": request.query,
+        "headers": request.headers,
+        "body": body,
+    })
+
+
+def reply(body: Any = None, status: int = 200, delay: float = 0.0,
+          headers: Mapping[str, str] | None = None, raw_body: bytes | None = None) -> Handler:
+    """A handler that waits `delay` seconds, then answers `body` as JSON (or `raw_body`)."""
+
+    async def handle(request: Request) -> Response:
+        if delay:
+            await asyncio.sleep(delay)
+        if raw_body is not None:
+            return Response(status=status, body=raw_body, headers=list((headers or {}).items()),
+                            content_type="text/plain")
+        return json_response(body if body is not None else {"ok": True}, status, headers)
+
+    return handle
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server whose handler writes the HTTP response bytes itself.
+
+    For upstreams `HTTPServer` cannot play: headers then a body that trickles forever.
+    `connections` counts accepted connections, `bytes_sent` what handlers wrote through
+    `send`, and `disconnected` is set when a write fails because the peer went away.
+    """
+
+    def __init__(self, handler: RawHandler) -> None:
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+        self.connections = 0
+        self.bytes_sent = 0
+        self.disconnected = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write and flush; raises `ConnectionError` once the gateway has hung up."""
+        writer.write(data)
+        await writer.drain()
+        self.bytes_sent += len(data)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")  # the request head; these tests send no body
+            await self._handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.disconnected.set()
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (just released by the OS)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    """A gateway subprocess listening on 127.0.0.1:`port`; `output()` is what it printed."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    _output: bytearray = field(default_factory=bytearray)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self._output.decode(errors="replace")
+
+    async def _collect(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := await self.process.stdout.read(65536):
+            self._output += chunk
+
+
+UpstreamFactory = Callable[..., Awaitable[RecordingServer]]
+RawUpstreamFactory = Callable[[RawHandler], Awaitable[RawServer]]
+GatewayClientFactory = Callable[[Mapping[str, Any] | Gateway | Quart],
+                                Awaitable[TestClientProtocol]]
+HypercornFactory = Callable[..., Awaitable[LiveServer]]
+
+UpstreamSpec = str | HTTPServer | RawServer | Mapping[str, Any]
+
+
+def make_config(upstreams: Mapping[str, UpstreamSpec], *endpoints: Mapping[str, Any],
+                **gateway: Any) -> dict[str, Any]:
+    """A config dict: `upstreams` maps names to a server, a URL or an upstream table
+    (whose `url` may itself be a server); `gateway` holds `[gateway]` keys."""
+    ups: dict[str, Any] = {}
+    for name, spec in upstreams.items():
+        table = dict(spec) if isinstance(spec, Mapping) else {"url": spec}
+        url = table["url"]
+        if isinstance(url, HTTPServer | RawServer):
+            table["url"] = url.url
+        ups[name] = table
+    config: dict[str, Any] = {"upstreams": ups, "endpoints": [dict(e) for e in endpoints]}
+    if gateway:
+        config["gateway"] = gateway
+    return config
+
+
+def endpoint(route: str, *calls: Mapping[str, Any], **keys: Any) -> dict[str, Any]:
+    """An `[[endpoints]]` table."""
+    return {"route": route, "calls": [dict(c) for c in calls], **keys}
+
+
+def call(name: str, upstream: str, path: str = "/", **keys: Any) -> dict[str, Any]:
+    """An `[[endpoints.calls]]` table (`path` defaults to "/")."""
+    return {"name": name, "upstream": upstream, "path": path, **keys}
+
+
+def to_toml(config: Mapping[str, Any], path: Path) -> Path:
+    """Write a config dict as TOML (inline tables; `None` values are left out)."""
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in config.items() if v is not None]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml_key(key: str) -> str:
+    return json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                          for k, v in value.items() if v is not None)
+        return "{ " + items + " }" if items else "{}"
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
