@@ -8,6 +8,7 @@ group on exit, on errors and on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -30,6 +31,7 @@ ROOT = BENCH_DIR.parent
 SERVERS_DIR = BENCH_DIR / "servers"
 LUA_DIR = BENCH_DIR / "lua"
 GATEWAY_CONFIG = BENCH_DIR / "gateway.toml"
+HYPERCORN_CONFIG = BENCH_DIR / "hypercorn.toml"
 # The venv's bin directory: the interpreter that runs us, not its resolved symlink.
 BIN = Path(sys.executable).parent
 
@@ -147,8 +149,12 @@ def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# Taken at import, before pin_self() narrows this process (and its children) to one core.
+_CPUS_AT_START = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
 def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return _CPUS_AT_START
 
 
 def pin_self(cpus: str) -> None:
@@ -235,6 +241,21 @@ def cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
+def core_ticks(cpu: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one core since boot, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            values = [int(v) for v in line.split()[1:]]
+            idle = values[3] + values[4]  # idle + iowait
+            return sum(values) - idle, sum(values)
+    return 0, 0
+
+
+def core_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -251,22 +272,32 @@ class Server:
 
     def unavailable(self) -> str | None:
         """Why this server cannot run here, or None."""
-        exe = Path(self.argv(0, 1)[0])
+        exe = BIN / "gateway" if self.is_gateway else Path(self.argv(0, 1)[0])
         if not exe.exists():
             return f"{exe} not found"
-        if self.is_gateway:
+        if self.is_gateway and not _gateway_serve_help():
             probe = subprocess.run(
                 [str(exe), "serve", "--help"], capture_output=True, cwd=ROOT, timeout=60
             )
-            if probe.returncode != 0:
-                err = (probe.stderr or probe.stdout).decode(errors="replace").strip()
-                return "`gateway serve --help` failed: " + (err.splitlines() or ["?"])[-1]
+            err = (probe.stderr or probe.stdout).decode(errors="replace").strip()
+            return "`gateway serve --help` failed: " + (err.splitlines() or ["?"])[-1]
         return None
+
+
+@functools.cache
+def _gateway_serve_help() -> str:
+    try:
+        probe = subprocess.run(
+            [str(BIN / "gateway"), "serve", "--help"], capture_output=True, cwd=ROOT, timeout=60
+        )
+    except OSError:
+        return ""
+    return probe.stdout.decode(errors="replace") if probe.returncode == 0 else ""
 
 
 def _gateway_argv(config: Path) -> Callable[[int, int], list[str]]:
     def argv(port: int, workers: int) -> list[str]:
-        return [
+        cmd = [
             str(BIN / "gateway"),
             "serve",
             "--config",
@@ -276,6 +307,10 @@ def _gateway_argv(config: Path) -> Callable[[int, int], list[str]]:
             "--workers",
             str(workers),
         ]
+        # The project's hypercorn.toml logs every request; the other servers log none.
+        if "--hypercorn-config" in _gateway_serve_help():
+            cmd += ["--hypercorn-config", str(HYPERCORN_CONFIG)]
+        return cmd
 
     return argv
 
@@ -529,8 +564,8 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
-    # Numbers right-aligned; the first (name) and last (notes) columns left-aligned.
-    right = [0 < i < len(headers) - 1 for i in range(len(headers))]
+    # Numbers right-aligned; the name column and untitled notes columns left-aligned.
+    right = [i > 0 and bool(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
         return (

@@ -85,13 +85,22 @@ def _measure(
             url = f"{base}/fanout/1"
             if warmup > 0:
                 harness.wrk(url, warmup, connections)
+            load_core = int(LOAD_CPUS)
             cpu0, t0 = harness.cpu_seconds(proc.pid), time.monotonic()
+            load0 = harness.core_ticks(load_core)
             result = harness.wrk(url, duration, connections)
             cpu = (harness.cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+            load = harness.core_busy(load0, harness.core_ticks(load_core))
     except BenchError as exc:
         print(f"  {server.name}: FAILED: {exc}", file=sys.stderr)
         return {**row, "skipped": f"failed: {exc.summary}"}
-    return {**row, **asdict(result), "errors": result.errors, "server_cpu": cpu}
+    return {
+        **row,
+        **asdict(result),
+        "errors": result.errors,
+        "server_cpu": cpu,
+        "load_core_busy": load,
+    }
 
 
 def throughput_table(rows: list[dict[str, Any]], reference: str = "gateway") -> str:
@@ -99,7 +108,7 @@ def throughput_table(rows: list[dict[str, Any]], reference: str = "gateway") -> 
     table = []
     for r in rows:
         if "rps" not in r:
-            table.append([r["name"], "-", "-", "-", "-", "-", "-", f"skipped: {r['skipped']}"])
+            table.append([r["name"], *["-"] * 7, f"skipped: {r['skipped']}"])
             continue
         ratio = f"{r['rps'] / ref['rps']:.2f}x" if ref else "n/a"
         table.append(
@@ -111,10 +120,21 @@ def throughput_table(rows: list[dict[str, Any]], reference: str = "gateway") -> 
                 ratio,
                 str(r["errors"]),
                 f"{100 * r['server_cpu']:.0f}%",
+                f"{100 * r['load_core_busy']:.0f}%",
                 "",
             ]
         )
-    headers = ["server", "req/s", "p50 ms", "p99 ms", f"vs {reference}", "errors", "srv CPU", ""]
+    headers = [
+        "server",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        f"vs {reference}",
+        "errors",
+        "server CPU",
+        "load core",
+        "",
+    ]
     return harness.markdown_table(headers, table)
 
 
