@@ -22,7 +22,7 @@ from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from . import envelope
+from . import dashboard, envelope, stream
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .engine import OnCall, execute
@@ -100,8 +100,11 @@ class Gateway:
         """Run one matched endpoint for a prepared request; never raises for call failures."""
         runtime = self._runtime()
         if isinstance(target, Plan):
-            return await self._run_plan(target, ctx, runtime, on_call)
-        return await self._run_view(target, ctx, runtime, on_call)
+            result = await self._run_plan(target, ctx, runtime, on_call)
+        else:
+            result = await self._run_view(target, ctx, runtime, on_call)
+        runtime.recent.add(target, ctx, result)  # the dashboard's ring: a few scalars per call
+        return result
 
     def context(self, target: Target, params: dict[str, Any], *, method: str, path: str,
                 query: Mapping[str, str], headers: HeaderMap, body: bytes,
@@ -222,6 +225,8 @@ class Gateway:
                          provide_automatic_options=False)
         app.register_error_handler(HTTPException, self._http_error)
         app.register_error_handler(Exception, self._internal_error)
+        stream.register(self)
+        dashboard.register(self)
         if self.config.gateway.cors_origins:
             app.after_request(self._cors)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import Config
+from .recent import Recent
 from .upstream import Upstream
 
 
@@ -13,6 +14,7 @@ class Runtime:
         self.config = config
         self.upstreams = {name: Upstream(cfg, config.gateway)
                           for name, cfg in config.upstreams.items()}
+        self.recent = Recent()  # the last requests, for the dashboard
 
     async def start(self) -> None:
         for upstream in self.upstreams.values():

@@ -1,0 +1,234 @@
+"""`/_gateway/`: the dashboard page (package data, no build step) and the JSON API it reads.
+
+    GET  /_gateway/                 the page (index.html, app.js, style.css)
+    GET  /_gateway/api/overview     gateway settings, endpoints with their calls, upstreams
+    GET  /_gateway/api/upstreams    upstreams with their breaker state
+    GET  /_gateway/api/recent       the recent-request ring (`?after=SEQ&limit=N`)
+    POST /_gateway/api/run          run one endpoint: {"path", "method", "strategy", "body"}
+
+`[gateway] dashboard = false` registers none of it, so every path answers 404.
+The page shows upstream URLs and can run any endpoint: protect it, or turn
+it off, in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from quart import Response, redirect, request
+from werkzeug.datastructures import MultiDict
+
+from . import envelope
+from .config import STRATEGIES, route_params
+from .context import HeaderMap
+from .errors import RequestError
+from .plan import CallPlan, Plan
+from .recent import make_entry
+from .routing import CodeView, Target
+from .template import UrlTemplate
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+PREFIX = "/_gateway"
+MAX_RECENT = 200
+_ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+# Everything the page loads is its own; data from requests is only ever set as text.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+# Taken from the page's own request, never forwarded as given.
+_RUN_DROP = frozenset({"x-gateway-strategy", "x-request-id", "content-length", "content-type"})
+
+
+def register(gw: Gateway) -> None:
+    """Add the page and its API to `gw.app`, unless the config turns the dashboard off."""
+    if not gw.config.gateway.dashboard:
+        return
+    app = gw.app
+    assets = {name: (resources.files("gateway").joinpath("page", name).read_bytes(), ctype)
+              for name, ctype in _ASSETS.items()}
+
+    def asset(name: str) -> Callable[[], Any]:
+        body, ctype = assets[name]
+
+        async def view() -> Response:
+            return Response(body, content_type=ctype, headers=_PAGE_HEADERS)
+
+        return view
+
+    async def bare() -> Any:
+        return redirect(PREFIX + "/", 308)
+
+    async def overview() -> Response:
+        return _json(overview_json(gw))
+
+    async def upstreams() -> Response:
+        return _json({"upstreams": upstreams_json(gw)})
+
+    async def recent() -> Response:
+        after = _int_arg("after", 0)
+        limit = min(_int_arg("limit", MAX_RECENT), MAX_RECENT)
+        ring = gw._runtime().recent
+        return _json({"entries": [e.to_json() for e in ring.since(after, limit)],
+                      "last": ring.last_seq})
+
+    async def run() -> Response:
+        if request.mimetype != "application/json":  # also keeps cross-site forms out
+            return _json({"error": "send a JSON object with Content-Type: application/json"},
+                         415)
+        message = await request.get_json(silent=True)
+        try:
+            return _json(await run_json(gw, message, request.headers))
+        except RequestError as error:
+            return _json({"error": str(error), "status": error.status}, 400)
+
+    app.add_url_rule(PREFIX, "gateway_page_bare", bare, methods=["GET"])
+    app.add_url_rule(PREFIX + "/", "gateway_page", asset("index.html"), methods=["GET"])
+    for name in ("app.js", "style.css"):
+        app.add_url_rule(f"{PREFIX}/{name}", f"gateway_page_{name}", asset(name), methods=["GET"])
+    app.add_url_rule(PREFIX + "/api/overview", "gateway_api_overview", overview, methods=["GET"])
+    app.add_url_rule(PREFIX + "/api/upstreams", "gateway_api_upstreams", upstreams,
+                     methods=["GET"])
+    app.add_url_rule(PREFIX + "/api/recent", "gateway_api_recent", recent, methods=["GET"])
+    app.add_url_rule(PREFIX + "/api/run", "gateway_api_run", run, methods=["POST"])
+
+
+def overview_json(gw: Gateway) -> dict[str, Any]:
+    settings = gw.config.gateway
+    return {
+        "gateway": {"strategy": settings.strategy, "timeout": settings.timeout,
+                    "deadline": settings.deadline, "recent_size": MAX_RECENT},
+        "endpoints": [endpoint_json(t, settings.strategy) for t in gw.router.targets],
+        "upstreams": upstreams_json(gw),
+    }
+
+
+def endpoint_json(target: Target, default_strategy: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "route": target.route,
+        "params": list(route_params(target.route)),
+        "strategy": target.strategy or default_strategy,
+    }
+    if isinstance(target, CodeView):
+        out.update(kind="code", method=target.methods[0], methods=list(target.methods),
+                   view=target.func.__qualname__, calls=[], needs_body=True)
+        return out
+    out.update(kind="config", method=target.method, methods=[target.method],
+               calls=[_call_json(c) for c in target.calls], needs_body=target.needs_body,
+               combine=_hook_name(target))
+    return out
+
+
+def upstreams_json(gw: Gateway) -> list[dict[str, Any]]:
+    runtime = gw.runtime
+    out = []
+    for name, cfg in gw.config.upstreams.items():
+        out.append({
+            "name": name,
+            "url": cfg.url,
+            "timeout": cfg.timeout,
+            "retries": cfg.retries,
+            "max_connections": cfg.max_connections,
+            "cache_ttl": cfg.cache_ttl,
+            "batch": cfg.batch is not None,
+            "breaker": None if cfg.breaker is None else {"failures": cfg.breaker.failures,
+                                                         "reset": cfg.breaker.reset},
+            "state": breaker_state(runtime, name),
+        })
+    return out
+
+
+def breaker_state(runtime: Any, name: str) -> str:
+    """`closed`, `open` or `half-open` from the runtime's breaker, if there is one.
+
+    Duck-typed so the page works with or without breakers in the runtime: a
+    `runtime.breakers[name]` or an `upstream.breaker` with a `state` (a string
+    or an enum whose value is one).
+    """
+    if runtime is None:
+        return "closed"
+    breaker = None
+    breakers = getattr(runtime, "breakers", None)
+    if isinstance(breakers, Mapping):
+        breaker = breakers.get(name)
+    if breaker is None:
+        breaker = getattr(getattr(runtime, "upstreams", {}).get(name), "breaker", None)
+    state = getattr(breaker, "state", None)
+    if callable(state):
+        state = state()
+    state = getattr(state, "value", state)
+    return str(state).lower().replace("_", "-") if state else "closed"
+
+
+async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, Any]:
+    """Run one endpoint as the page asks; the answer carries the entry to draw and the body."""
+    if not isinstance(message, dict):
+        raise RequestError("send a JSON object like {\"path\": \"/route\"}")
+    path, method = message.get("path"), message.get("method", "GET")
+    strategy, body = message.get("strategy"), message.get("body")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise RequestError("'path' must start with '/'")
+    if not isinstance(method, str):
+        raise RequestError("'method' must be a string")
+    headers = {k.lower(): v for k, v in incoming.items() if k.lower() not in _RUN_DROP}
+    if strategy is not None:
+        if strategy not in STRATEGIES:
+            raise RequestError("'strategy' must be 'parallel' or 'sequential'")
+        headers["x-gateway-strategy"] = strategy
+    url = urlsplit(path)
+    route_path, method = unquote(url.path), method.upper()
+    target, params = gw.router.match(route_path, method)
+    ctx = gw.context(target, params, method=method, path=route_path,
+                     query=MultiDict(parse_qsl(url.query, keep_blank_values=True)),
+                     headers=headers, body=b"" if body is None else envelope.dumps(body))
+    result = await gw.run(target, ctx)
+    entry = make_entry(0, target, ctx, result)
+    return {"status": result.status, "entry": entry.to_json(), "body": result.body}
+
+
+def _call_json(call: CallPlan) -> dict[str, Any]:
+    if call.batch_key is not None:
+        path = "batch " + _template_text(call.batch_key)
+    else:
+        assert call.path is not None
+        path = _template_text(call.path)
+        if call.query:
+            path += "?" + "&".join(f"{k}={_template_text(v)}" for k, v in call.query)
+    return {"name": call.name, "upstream": call.upstream, "method": call.method, "path": path,
+            "optional": call.optional, "deps": list(call.deps)}
+
+
+def _template_text(template: UrlTemplate) -> str:
+    return "".join(p if isinstance(p, str) else p.text for p in template.parts)
+
+
+def _hook_name(plan: Plan) -> str | None:
+    hook = plan.combine
+    if hook is None:
+        return None
+    return f"{getattr(hook, '__module__', '?')}:{getattr(hook, '__qualname__', '?')}"
+
+
+def _int_arg(name: str, default: int) -> int:
+    try:
+        return max(0, int(request.args.get(name, default)))
+    except ValueError:
+        return default
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(envelope.dumps(obj), status=status, content_type="application/json",
+                    headers={"Cache-Control": "no-store"})
