@@ -13,6 +13,7 @@ it off, in production.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -82,8 +83,9 @@ def register(gw: Gateway) -> None:
         after = _int_arg("after", 0)
         limit = min(_int_arg("limit", MAX_RECENT), MAX_RECENT)
         ring = gw._runtime().recent
+        # Each worker process has its own ring; `process` lets the page notice a switch.
         return _json({"entries": [e.to_json() for e in ring.since(after, limit)],
-                      "last": ring.last_seq})
+                      "last": ring.last_seq, "process": os.getpid()})
 
     async def run() -> Response:
         if request.mimetype != "application/json":  # also keeps cross-site forms out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -106,6 +107,7 @@ async def test_recent_lists_requests_as_they_are_served_newer_than_after(
     assert (await client.get("/dash/7")).status_code == 200
     status, first = await json_of(client, "/_gateway/api/recent")
     assert status == 200
+    assert first["process"] == os.getpid()  # each worker has its own ring
     (entry,) = first["entries"]
     assert (entry["path"], entry["route"], entry["status"]) == ("/dash/7", "/dash/<int:uid>",
                                                                200)

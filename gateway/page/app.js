@@ -7,7 +7,9 @@
   const POLL_MS = 1000;
   const UPSTREAM_POLL_MS = 5000;
 
-  const state = { endpoints: [], last: 0, polling: false, timer: null, upstreamTimer: null };
+  const state = {
+    endpoints: [], last: 0, process: null, polling: false, timer: null, upstreamTimer: null,
+  };
 
   // -- small helpers -----------------------------------------------------------------------
 
@@ -425,17 +427,21 @@
     if (state.polling) return;
     state.polling = true;
     try {
-      const answer = await api("recent?after=" + state.last + "&limit=" + RECENT_SHOWN);
-      if (answer.last < state.last) {
-        // The process restarted: its ring is new, so start over.
+      let answer = await api("recent?after=" + state.last + "&limit=" + RECENT_SHOWN);
+      if (answer.process !== state.process || answer.last < state.last) {
+        // Another worker process (each keeps its own ring) or a restart: start over.
         $("recent").replaceChildren();
-        state.last = 0;
-      } else {
-        addRecent(answer.entries);
-        state.last = answer.last;
+        state.process = answer.process;
+        if (state.last !== 0) {
+          state.last = 0;
+          answer = await api("recent?after=0&limit=" + RECENT_SHOWN);
+        }
       }
+      addRecent(answer.entries);
+      state.last = answer.last;
       setLive("on", "live");
-    } catch (error) {
+      $("live").title = "Refreshed every second from worker process " + answer.process;
+    } catch (_) {
       setLive("off", "offline");
     } finally {
       state.polling = false;
