@@ -149,6 +149,9 @@ def _demo_banner(base: str, urls: dict[str, str]) -> str:
     lines += [f"  {name:<16} {url}" for name, url in urls.items()]
     lines += [
         "",
+        f"dashboard (waterfalls, parallel vs sequential): {base}/_gateway/",
+        f"WebSocket progress per call: {base.replace('http', 'ws', 1)}/ws",
+        "",
         f"gateway on {base}; try:",
         f"  curl -s {base}/dashboard/7 | python3 -m json.tool",
         f"  curl -s -H 'X-Gateway-Strategy: sequential' {base}/dashboard/7 | python3 -m json.tool",

@@ -38,10 +38,10 @@ HOP_BY_HOP = frozenset(
 # Headers the gateway sets itself; forwarding or overriding them would break framing or routing.
 MANAGED_HEADERS = frozenset({"host", "content-length", "content-type", "x-request-id"})
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-COMBINE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+COMBINE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +175,8 @@ class _Checker:
     def number(self, raw: dict[str, Any], path: str, key: str, default: float,
                minimum: float = 0.0, allow_zero: bool = False) -> float:
         def check(v: Any) -> str | None:
+            if not -(2.0**1023) < v < 2.0**1023:  # also refuses TOML's nan and inf
+                return "must be a finite number"
             if v < minimum or (v == minimum and not allow_zero):
                 return f"must be {'>=' if allow_zero else '>'} {minimum:g}"
             return None
@@ -255,7 +257,8 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
     settings = _gateway(c, c.table(top.get("gateway", {}), "gateway"))
     jobs = _jobs(c, c.table(top.get("jobs", {}), "jobs"))
     upstreams: dict[str, UpstreamConfig] = {}
-    for name, up_raw in c.table(top.get("upstreams", {}), "upstreams").items():
+    upstreams_raw = c.table(top.get("upstreams", {}), "upstreams")
+    for name, up_raw in upstreams_raw.items():
         up = _upstream(c, name, up_raw, settings, env)
         if up is not None:
             upstreams[name] = up
@@ -265,13 +268,13 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
         c.fail("endpoints", "must be an array of tables ([[endpoints]])")
         endpoints_raw = []
     seen_routes: dict[tuple[str, str], int] = {}
-    declared = set(c.table(top.get("upstreams", {}), "upstreams"))
+    declared = set(upstreams_raw)
     for i, ep_raw in enumerate(endpoints_raw):
         ep = _endpoint(c, f"endpoints[{i}]", ep_raw, upstreams, declared)
         if ep is None:
             continue
         key = (ep.route, ep.method)
-        if key in seen_routes:
+        if ep.route and key in seen_routes:
             c.fail(f"endpoints[{i}].route",
                    f"{ep.method} {ep.route} is already defined by endpoints[{seen_routes[key]}]")
         seen_routes[key] = i
@@ -425,7 +428,7 @@ def _endpoint(c: _Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamCon
         call = _call(c, f"{p}.calls[{j}]", call_raw, upstreams, declared)
         if call is None:
             continue
-        if call.name in names:
+        if call.name and call.name in names:
             c.fail(f"{p}.calls[{j}].name", f"'{call.name}' is used by another call")
         names.add(call.name)
         calls.append(call)
@@ -452,9 +455,9 @@ def _call(c: _Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamConfig]
         c.fail(f"{p}.upstream", f"unknown upstream '{upstream}'")
     path = c.string(raw, p, "path", None, _path_problem)
     batch_key = c.string(raw, p, "batch_key", None)
-    if path is None and batch_key is None:
+    if "path" not in raw and "batch_key" not in raw:  # not when one is there but invalid
         c.fail(p, "needs 'path' (or 'batch_key' for a batching upstream)")
-    if path is not None and batch_key is not None:
+    if "path" in raw and "batch_key" in raw:
         c.fail(p, "has both 'path' and 'batch_key'; a call uses one")
     method = c.string(raw, p, "method", "GET", _one_of(METHODS, upper=True)).upper()
     up = upstreams.get(upstream)
@@ -566,7 +569,12 @@ def _expand_env(c: _Checker, path: str, value: str, env: Mapping[str, str]) -> s
 
 
 def _url_problem(url: str) -> str | None:
-    parts = urlsplit(url)
+    if not url.isprintable() or any(ch.isspace() for ch in url):
+        return f"{url!r} holds whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"'{url}' is not a valid URL"
     if parts.scheme not in ("http", "https"):
         return f"'{url}' must start with http:// or https://"
     if not parts.hostname:
@@ -623,7 +631,10 @@ def _one_of(choices: tuple[str, ...], upper: bool = False) -> Callable[[Any], st
 
 
 def _is_origin(value: str) -> bool:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.path in ("", "/")
 
 

@@ -185,6 +185,10 @@ def import_hook(spec: str) -> Combine:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ImportError(f"cannot import module '{module_name}': {exc}") from exc
+    except Exception as exc:  # the module itself is broken (SyntaxError...): a config problem
+        raise ImportError(
+            f"cannot import module '{module_name}': {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         hook = getattr(module, attr)
     except AttributeError:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
+from uuid import UUID
 
 from .context import HeaderMap
 from .errors import CallInputError, RequestError
@@ -145,7 +146,7 @@ def scalar_text(value: Any, ref: Ref, call: str) -> str:
     """A value as text for a URL; only scalars qualify, and never CR/LF/NUL."""
     if isinstance(value, bool):
         text = "true" if value else "false"
-    elif isinstance(value, (int, float, str)):
+    elif isinstance(value, (int, float, str, UUID)):  # UUID: the `<uuid:...>` route converter
         text = str(value)
     else:
         raise _bad(ref, call, "is not a single value")
@@ -253,7 +254,7 @@ def _render_body(shape: Any, inputs: Inputs, call: str) -> Any:
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, UUID)):
         return str(value)
     import orjson
 

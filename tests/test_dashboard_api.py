@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from quart.typing import TestClientProtocol as Client
-from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
+from support import (
+    GatewayClientFactory,
+    HypercornFactory,
+    UpstreamFactory,
+    call,
+    endpoint,
+    make_config,
+    reply,
+)
 
 from gateway import Gateway
 from gateway.dashboard import breaker_state
@@ -204,3 +215,19 @@ async def test_dashboard_false_turns_page_and_api_off(
 def test_breaker_state_is_read_from_the_runtime_when_it_has_one(runtime: Any,
                                                                 state: str) -> None:
     assert breaker_state(runtime, "a") == state
+
+
+async def test_demo_prints_the_dashboard_url_and_serves_it(
+    hypercorn_server: HypercornFactory, http: httpx.AsyncClient
+) -> None:
+    server = await hypercorn_server({}, command=[sys.executable, "-m", "gateway", "demo",
+                                                 "--bind", "127.0.0.1:{port}"])
+    page_url = f"{server.url}/_gateway/"
+    for _ in range(100):  # the banner is read from the process's pipe as it arrives
+        if page_url in server.output():
+            break
+        await asyncio.sleep(0.02)
+    assert page_url in server.output()
+    page = await http.get(page_url)
+    assert page.status_code == 200
+    assert "Aggregation gateway" in page.text
