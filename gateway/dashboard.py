@@ -14,7 +14,7 @@ it off, in production.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -33,6 +33,7 @@ from .template import UrlTemplate
 
 if TYPE_CHECKING:
     from .app import Gateway
+    from .runtime import Runtime
 
 PREFIX = "/_gateway"
 MAX_RECENT = 200
@@ -153,26 +154,11 @@ def upstreams_json(gw: Gateway) -> list[dict[str, Any]]:
     return out
 
 
-def breaker_state(runtime: Any, name: str) -> str:
-    """`closed`, `open` or `half-open` from the runtime's breaker, if there is one.
-
-    Duck-typed so the page works with or without breakers in the runtime: a
-    `runtime.breakers[name]` or an `upstream.breaker` with a `state` (a string
-    or an enum whose value is one).
-    """
-    if runtime is None:
-        return "closed"
-    breaker = None
-    breakers = getattr(runtime, "breakers", None)
-    if isinstance(breakers, Mapping):
-        breaker = breakers.get(name)
-    if breaker is None:
-        breaker = getattr(getattr(runtime, "upstreams", {}).get(name), "breaker", None)
-    state = getattr(breaker, "state", None)
-    if callable(state):
-        state = state()
-    state = getattr(state, "value", state)
-    return str(state).lower().replace("_", "-") if state else "closed"
+def breaker_state(runtime: Runtime | None, name: str) -> str:
+    """`closed`, `open` or `half-open`; an upstream without a breaker is always closed."""
+    upstream = runtime.upstreams.get(name) if runtime is not None else None
+    breaker = upstream.breaker if upstream is not None else None
+    return "closed" if breaker is None else breaker.state.replace("_", "-")
 
 
 async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,7 +21,6 @@ from support import (
 )
 
 from gateway import Gateway
-from gateway.dashboard import breaker_state
 from gateway.fan import Fan
 
 
@@ -201,20 +199,21 @@ async def test_dashboard_false_turns_page_and_api_off(
     assert (await client.get("/dash/7")).status_code == 200  # the gateway itself still serves
 
 
-@pytest.mark.parametrize(
-    ("runtime", "state"),
-    [
-        (None, "closed"),
-        (SimpleNamespace(upstreams={"a": SimpleNamespace()}), "closed"),
-        (SimpleNamespace(upstreams={"a": SimpleNamespace(breaker=SimpleNamespace(state="open"))}),
-         "open"),
-        (SimpleNamespace(breakers={"a": SimpleNamespace(state="half_open")}, upstreams={}),
-         "half-open"),
-    ],
-)
-def test_breaker_state_is_read_from_the_runtime_when_it_has_one(runtime: Any,
-                                                                state: str) -> None:
-    assert breaker_state(runtime, "a") == state
+async def test_upstream_state_follows_its_circuit_breaker(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    broken = await upstream(reply({"e": 1}, status=500))
+    fine = await upstream(reply({"ok": 1}))
+    client = await gateway_client(make_config(
+        {"broken": {"url": broken, "breaker": {"failures": 1, "reset": 30.0}}, "fine": fine},
+        endpoint("/x", call("b", "broken")),
+    ))
+    _, before = await json_of(client, "/_gateway/api/upstreams")
+    assert [u["state"] for u in before["upstreams"]] == ["closed", "closed"]
+    assert (await client.get("/x")).status_code == 502
+    _, after = await json_of(client, "/_gateway/api/upstreams")
+    assert [u["state"] for u in after["upstreams"]] == ["open", "closed"]
+    assert (await client.get("/x")).status_code == 503  # what the page shows is what serves
 
 
 async def test_demo_prints_the_dashboard_url_and_serves_it(
