@@ -7,6 +7,7 @@ input is the environment, read for `${VAR}` values.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
@@ -116,6 +117,8 @@ class JobsSettings:
     max_running: int = 4
     max_queued: int = 4
     ttl: float = 300.0
+    heartbeat: float = 2.0  # seconds between a running job's heartbeats; 3 missed = lost
+    grace: float = 10.0  # seconds running jobs may still finish when a process shuts down
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,18 +310,28 @@ def _gateway(c: _Checker, raw: dict[str, Any]) -> GatewaySettings:
 def _jobs(c: _Checker, raw: dict[str, Any]) -> JobsSettings:
     p = "jobs"
     d = JobsSettings()
-    c.unknown(raw, p, {"store", "max_running", "max_queued", "ttl"})
+    c.unknown(raw, p, {"store", "max_running", "max_queued", "ttl", "heartbeat", "grace"})
 
     def store_ok(v: str) -> str | None:
-        if v == "memory" or v.startswith(("redis://", "rediss://", "unix://")):
+        if v == "memory":
+            return None
+        if v.startswith(("redis://", "rediss://", "unix://")):
+            if not all(importlib.util.find_spec(m) for m in ("redis", "saq")):
+                return ("a redis store needs the redis extra: "
+                        "pip install 'quart-aggregation-gateway[redis]'")
             return None
         return f"must be \"memory\" or a redis URL (redis://host:port/db), not '{v}'"
 
+    grace = c.number(raw, p, "grace", d.grace, allow_zero=True)
+    if grace >= 60:
+        c.fail(f"{p}.grace", "must be below 60 (Hypercorn gives a worker 60 s to shut down)")
     return JobsSettings(
         store=c.string(raw, p, "store", d.store, store_ok),
         max_running=c.integer(raw, p, "max_running", d.max_running),
         max_queued=c.integer(raw, p, "max_queued", d.max_queued, minimum=0),
         ttl=c.number(raw, p, "ttl", d.ttl),
+        heartbeat=c.number(raw, p, "heartbeat", d.heartbeat),
+        grace=grace,
     )
 
 
@@ -511,8 +524,15 @@ def _check_placeholders(c: _Checker, p: str, route: str, calls: list[CallConfig]
     """Unknown placeholders and dependency cycles, found at load."""
     params = route_params(route)
     names = tuple(call.name for call in calls)
+    for name in params:
+        if name in ("query", "header", "body"):
+            c.fail(f"{p}.route", f"route parameter '{name}' clashes with the {{{name}.NAME}} "
+                                 "placeholders; rename it")
     deps: dict[str, set[str]] = {}
     for j, call in enumerate(calls):
+        if call.name in params:
+            c.fail(f"{p}.calls[{j}].name", f"'{call.name}' is also a route parameter; "
+                                           "placeholders could not tell them apart")
         deps[call.name] = set()
         for key, raw in call_templates(call):
             try:

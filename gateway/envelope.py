@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +94,7 @@ def headers(request_id: str, records: Iterable[CallRecord], total_ms: float) -> 
 def failure_status(error: CallError) -> tuple[int, dict[str, str]]:
     """The request's status when a required call failed, with any extra headers."""
     if isinstance(error, CircuitOpen):
-        return 503, {"Retry-After": str(max(1, round(error.retry_after + 0.5)))}
+        return 503, {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
     return error.gateway_status, {}
 
 

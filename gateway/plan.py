@@ -16,8 +16,17 @@ from typing import Any
 from urllib.parse import quote
 
 from .config import Config, EndpointConfig, route_params
-from .errors import ConfigError, RequestError
-from .template import BodyTemplate, Inputs, Ref, UrlTemplate, lookup, scalar_text
+from .errors import CallInputError, ConfigError, RequestError
+from .template import (
+    UNSAFE_SEGMENTS,
+    BodyTemplate,
+    Inputs,
+    Ref,
+    UrlTemplate,
+    lookup,
+    scalar_text,
+    segment_problem,
+)
 
 Combine = Callable[[dict[str, Any], Any], Any | Awaitable[Any]]
 
@@ -41,6 +50,9 @@ class CallPlan:
         """Path and query string, every substituted value percent-encoded."""
         assert self.path is not None
         url = self.path.render(inputs, self.name)
+        if "/." in url and any(seg in (".", "..") for seg in url.split("/")):
+            # Only reachable through templates like `{a}{b}` whose parts are each harmless.
+            raise CallInputError(f"call '{self.name}': its path would hold a '.' or '..' segment")
         if self.query:
             url += "?" + "&".join(
                 f"{key}={value.render(inputs, self.name)}" for key, value in self.query
@@ -94,8 +106,8 @@ class Plan:
             value = lookup(check.ref, inputs, check.call)
             if check.in_url:
                 text = scalar_text(value, check.ref, check.call)
-                if check.in_path and text in (".", ".."):
-                    raise RequestError(f"value of {check.ref.text} is a '.' or '..' path segment")
+                if check.in_path and text in UNSAFE_SEGMENTS:
+                    raise RequestError(f"value of {check.ref.text} {segment_problem(text)}")
 
 
 def compile_plans(config: Config) -> tuple[Plan, ...]:

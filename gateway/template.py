@@ -25,6 +25,12 @@ REQUEST_SOURCES = ("query", "header", "body")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 _FORBIDDEN = ("\r", "\n", "\0")
+# Path values that would change which upstream path is called (`/users/` is a list endpoint).
+UNSAFE_SEGMENTS = ("", ".", "..")
+
+
+def segment_problem(text: str) -> str:
+    return "is empty (an empty path segment)" if not text else "is a '.' or '..' path segment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +190,8 @@ class UrlTemplate:
                 out.append(part)
                 continue
             text = scalar_text(lookup(part, inputs, call), part, call)
-            if self.in_path and text in (".", ".."):
-                raise _bad(part, call, "is a '.' or '..' path segment")
+            if self.in_path and text in UNSAFE_SEGMENTS:
+                raise _bad(part, call, segment_problem(text))
             out.append(quote(text, safe="") if encode else text)
         return "".join(out)
 

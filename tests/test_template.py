@@ -193,7 +193,17 @@ def test_render_without_encoding_keeps_the_raw_text() -> None:
     assert value("{query.k}").render(inputs(query={"k": "a/b c"}), "c", encode=False) == "a/b c"
 
 
-_SAFE_TEXT = st.text().filter(lambda s: s not in (".", "..") and not any(c in s for c in "\r\n\0"))
+_SAFE_TEXT = st.text().filter(
+    lambda s: s not in ("", ".", "..") and not any(c in s for c in "\r\n\0")
+)
+
+
+@pytest.mark.parametrize("value", ["", ".", ".."])
+def test_empty_or_dot_path_value_is_refused(value: str) -> None:
+    with pytest.raises(RequestError, match=r"is empty|is a '\.' or '\.\.' path segment"):
+        path("/users/{query.id}").render(inputs(query={"id": value}), "c")
+    with pytest.raises(CallInputError):
+        path("/a/{user.id}/b").render(inputs(results={"user": {"id": value}}), "c")
 
 
 @settings(max_examples=300, deadline=None)
