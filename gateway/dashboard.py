@@ -13,6 +13,7 @@ it off, in production.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from importlib import resources
@@ -60,13 +61,15 @@ def register(gw: Gateway) -> None:
     if not gw.config.gateway.dashboard:
         return
     app = gw.app
-    assets = {name: (resources.files("gateway").joinpath("page", name).read_bytes(), ctype)
-              for name, ctype in _ASSETS.items()}
+    loaded: dict[str, bytes] = {}  # read on first use, off the event loop
 
     def asset(name: str) -> Callable[[], Any]:
-        body, ctype = assets[name]
+        ctype = _ASSETS[name]
 
         async def view() -> Response:
+            body = loaded.get(name)
+            if body is None:
+                body = loaded[name] = await asyncio.to_thread(_read_asset, name)
             return Response(body, content_type=ctype, headers=_PAGE_HEADERS)
 
         return view
@@ -185,6 +188,10 @@ async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, 
     result = await gw.run(target, ctx)
     entry = make_entry(0, target, ctx, result)
     return {"status": result.status, "entry": entry.to_json(), "body": result.body}
+
+
+def _read_asset(name: str) -> bytes:
+    return resources.files("gateway").joinpath("page", name).read_bytes()
 
 
 def _call_json(call: CallPlan) -> dict[str, Any]:
