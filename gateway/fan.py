@@ -95,7 +95,9 @@ class Fan:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self.run(c)) for c in calls]
         except ExceptionGroup as group:
-            first = next((e for e in group.exceptions if isinstance(e, CallError)), None)
+            # A bad path (RequestError) is the client's 400 here too, as it is when awaited alone.
+            first = next((e for e in group.exceptions
+                          if isinstance(e, CallError | RequestError)), None)
             if first is None:
                 raise
             raise first from None

@@ -7,6 +7,7 @@ plan (chaining, cancellation, strategies, templates, shaping). Timings are coars
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import re
 import sys
@@ -30,6 +31,8 @@ from support import (
     make_config,
     reply,
 )
+
+from gateway._httpserver import Response
 
 TIMING_ENTRY = re.compile(r"^([A-Za-z0-9_-]+);dur=(\d+(?:\.\d+)?)$")
 
@@ -638,3 +641,100 @@ async def test_missing_dependency_field_fails_the_call_not_the_request_input(
     body = await body_of(response)
     assert body["meta"]["calls"]["b"]["ok"] is False
     assert b.requests == 0
+
+
+# -- replies an upstream should not send ------------------------------------------------------
+
+
+async def test_gzip_body_is_capped_on_decoded_bytes(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    bomb = gzip.compress(b"[" + b"0," * 500_000 + b"0]")  # ~1 MB of JSON in ~1 KB
+    small = gzip.compress(b'{"id": 1}')
+    big_up = await upstream(reply(raw_body=bomb, headers={"Content-Encoding": "gzip"}))
+    small_up = await upstream(reply(raw_body=small, headers={"Content-Encoding": "gzip"}))
+    client = await gateway_client(make_config(
+        {"big": big_up, "small": small_up},
+        endpoint("/big", call("big", "big")), endpoint("/small", call("small", "small")),
+        max_upstream_bytes=65536))
+    big = await client.get("/big")
+    assert big.status_code == 502
+    assert "65536 bytes" in (await body_of(big))["error"]
+    fine = await client.get("/small")
+    assert fine.status_code == 200
+    assert (await body_of(fine))["data"] == {"small": {"id": 1}}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[1,",
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\n\r\nzz\r\n[1]\r\n0\r\n\r\n",
+        b"",
+    ],
+    ids=["truncated", "garbage", "bad-chunk", "empty"],
+)
+async def test_broken_upstream_replies_are_502(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory, raw: bytes
+) -> None:
+    async def broken(_request: Any) -> Response:
+        return Response(raw=raw, close_after=True)
+
+    server = await upstream(broken)
+    status, body = await _single_call_status(gateway_client, server.url)
+    assert status == 502
+    assert_error_envelope(body)
+    assert "Traceback" not in body["error"]
+
+
+async def test_concurrent_requests_keep_their_own_ids_and_values(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    async def slow_echo(request: Any) -> Response:
+        await asyncio.sleep(0.05)
+        return await echo(request)
+
+    a, b = await upstream(slow_echo), await upstream(slow_echo)
+    client = await gateway_client(make_config(
+        {"a": a, "b": b},
+        endpoint("/u/<int:uid>", call("a", "a", "/a/{uid}"), call("b", "b", "/b/{a.path}"))))
+    started = time.perf_counter()
+    responses = await asyncio.gather(*(
+        client.get(f"/u/{i}", headers={"X-Request-ID": f"req-{i}"}) for i in range(40)))
+    assert time.perf_counter() - started < 2.0  # ~100 ms each, run side by side
+    for i, response in enumerate(responses):
+        assert response.status_code == 200
+        assert response.headers["X-Request-ID"] == f"req-{i}"
+        data = (await body_of(response))["data"]
+        assert data["a"]["path"] == f"/a/{i}"
+        assert data["a"]["headers"]["x-request-id"] == f"req-{i}"
+        assert data["b"]["path"] == f"/b/%2Fa%2F{i}"
+        assert data["b"]["headers"]["x-request-id"] == f"req-{i}"
+    assert a.requests == b.requests == 40
+
+
+async def test_diamond_dependencies_start_after_the_last_one_they_need(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    root = await upstream(reply({"k": "r"}, delay=0.05))
+    left = await upstream(reply({"k": "l"}, delay=0.05))
+    right = await upstream(reply({"k": "x"}, delay=0.2))
+    last = await upstream(echo)
+    client = await gateway_client(make_config(
+        {"root": root, "left": left, "right": right, "last": last},
+        endpoint("/d",
+                 call("last", "last", "/{left.k}/{right.k}"),
+                 call("left", "left", "/{root.k}"),
+                 call("right", "right", "/{root.k}"),
+                 call("root", "root"))))
+    response = await client.get("/d")
+    assert response.status_code == 200
+    body = await body_of(response)
+    calls = body["meta"]["calls"]
+    assert list(calls) == ["last", "left", "right", "root"]  # config order
+    assert body["data"]["last"]["path"] == "/l/x"
+    assert calls["left"]["start_ms"] == pytest.approx(calls["right"]["start_ms"], abs=20)
+    assert calls["last"]["start_ms"] >= calls["right"]["start_ms"] + 190
+    assert calls["last"]["start_ms"] < 400

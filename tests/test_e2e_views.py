@@ -238,3 +238,19 @@ async def test_demo_summary_view(
     body = await response.get_json()
     assert set(body["data"]) == {"name", "orders", "spent"}
     assert set(body["meta"]["calls"]) == {"user", "orders"}
+
+
+async def test_view_bad_path_inside_gather_is_400_not_500(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    up = await upstream(echo)
+    gw = _gateway({"up": up})
+
+    @gw.aggregate("/items/<name>")
+    async def view(fan: Fan, name: str) -> Any:
+        return await fan.gather(fan.get("up", "/fixed"), fan.get("up", f"/items/{name}"))
+
+    client = await gateway_client(gw)
+    response = await client.get("/items/%2e%2e")
+    assert response.status_code == 400, await response.get_data(as_text=True)
+    assert (await response.get_json())["data"] is None
