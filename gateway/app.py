@@ -22,7 +22,7 @@ from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from . import dashboard, envelope, stream
+from . import dashboard, envelope, guard, openapi, stream
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .engine import OnCall, execute
@@ -227,6 +227,10 @@ class Gateway:
         app.register_error_handler(Exception, self._internal_error)
         stream.register(self)
         dashboard.register(self)
+        openapi.register(self)  # /_gateway/openapi.json
+        # Ambiguous framing (Content-Length + Transfer-Encoding) is refused before Quart runs.
+        app.asgi_app = guard.FramingGuard(  # type: ignore[method-assign]
+            app.asgi_app, lambda: self.config.gateway.strategy)
         if self.config.gateway.cors_origins:
             app.after_request(self._cors)
 
@@ -323,7 +327,7 @@ def _wants_body(target: Target) -> bool:
 
 def _parse_json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return guard.bounded_body(orjson.loads(body))
     except orjson.JSONDecodeError as exc:
         raise RequestError(f"request body is not valid JSON: {str(exc).splitlines()[0]}"
                            ) from None
