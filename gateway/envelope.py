@@ -77,8 +77,13 @@ def body(
 
 
 def server_timing(records: Iterable[CallRecord], total_ms: float) -> str:
-    """`Server-Timing` value: one entry per call that ran, then `total`."""
-    parts = [f"{r.name};dur={r.elapsed_ms:.1f}" for r in records if r.attempts or r.finished]
+    """`Server-Timing` value: one entry per call that ran, then `total`.
+
+    A call cut off in flight (deadline, a failed sibling) ran too: its time until then is
+    what explains a 504, so it is listed; only calls that never started are left out.
+    """
+    parts = [f"{r.name};dur={r.elapsed_ms:.1f}" for r in records
+             if r.attempts or r.finished or r.elapsed_ms > 0]
     parts.append(f"total;dur={total_ms:.1f}")
     return ", ".join(parts)
 
