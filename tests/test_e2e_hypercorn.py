@@ -6,7 +6,9 @@ Upstreams run in the test's event loop; the gateway subprocess calls them over l
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -184,3 +186,16 @@ async def test_demo_prints_urls_and_serves_the_dashboard(
     for name in ("users", "orders", "recommendations", "billing"):
         assert re.search(rf"{name}\s+http://127\.0\.0\.1:\d+", output), output
     assert "X-Gateway-Strategy: sequential" in output
+
+
+async def test_sigterm_stops_the_server_cleanly(
+    upstream: UpstreamFactory, hypercorn_server: HypercornFactory, http: httpx.AsyncClient
+) -> None:
+    up = await upstream(reply({"ok": 1}))
+    server = await hypercorn_server(make_config({"up": up}, endpoint("/x", call("a", "up"))))
+    assert (await http.get(f"{server.url}/x")).status_code == 200
+    os.killpg(server.process.pid, signal.SIGTERM)
+    assert await asyncio.wait_for(server.process.wait(), 10) == 0
+    assert "Traceback" not in server.output()
+    with pytest.raises(httpx.ConnectError):
+        await http.get(f"{server.url}/healthz")
