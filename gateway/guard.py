@@ -8,7 +8,10 @@ not serve:
   classic request-smuggling shape; the connection is closed so no byte of
   an ambiguous body can be read as a next request);
 - a header value holding CR, LF or NUL (h11 already refuses these on the
-  wire; other servers and in-process clients may not).
+  wire; other servers and in-process clients may not);
+- a head larger than `MAX_HEADER_BYTES` (431) or a target longer than
+  `MAX_TARGET_BYTES` (414): h11's `h11_max_incomplete_size` only bounds a head
+  that arrives in pieces, so one 60 KiB packet would pass it.
 
 `too_deep` bounds JSON nesting. orjson refuses to parse past 1024 levels
 and to encode past 254, so a deeper value would turn into a 500 wherever
@@ -31,6 +34,9 @@ from .errors import RequestError
 MAX_REQUEST_DEPTH = 64  # levels of nested objects/arrays in a request body
 MAX_REPLY_DEPTH = 128  # ... in an upstream reply (the envelope adds a few levels on top)
 
+MAX_HEADER_BYTES = 16 * 1024  # names + values, as hypercorn.toml's h11_max_incomplete_size
+MAX_TARGET_BYTES = 8 * 1024  # path + query string
+
 _ORJSON_MAX_DEPTH = 254  # the deepest value orjson.dumps encodes (documented limit: 255)
 _BAD_VALUE_BYTES = (b"\r", b"\n", b"\x00")
 
@@ -49,9 +55,21 @@ def too_deep(value: Any, limit: int) -> bool:
         wrapped = [wrapped]
     try:
         orjson.dumps(wrapped, default=str, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError:
-        return True
+    except orjson.JSONEncodeError as exc:  # parsed JSON fails only this way; be sure
+        return "recursion" in str(exc).lower()
     return False
+
+
+class TooDeep(ValueError):
+    """A JSON document nests deeper than the limit it was read with."""
+
+
+def loads_reply(raw: bytes) -> Any:
+    """An upstream reply parsed; `TooDeep` past `MAX_REPLY_DEPTH` (a 502 for the call)."""
+    value = orjson.loads(raw)
+    if too_deep(value, MAX_REPLY_DEPTH):
+        raise TooDeep(f"nested deeper than {MAX_REPLY_DEPTH} levels")
+    return value
 
 
 def bounded_body(value: Any) -> Any:
@@ -61,24 +79,31 @@ def bounded_body(value: Any) -> Any:
     return value
 
 
-def framing_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """Why a request's headers must be refused before routing, or None."""
+def framing_problem(headers: Iterable[tuple[bytes, bytes]], target: int = 0
+                    ) -> tuple[int, str] | None:
+    """Why a request must be refused before routing, as (status, reason), or None."""
+    if target > MAX_TARGET_BYTES:
+        return 414, f"request target is longer than {MAX_TARGET_BYTES} bytes"
     length = chunked = False
+    size = 0
     for name, value in headers:
+        size += len(name) + len(value) + 4
         if any(bad in value for bad in _BAD_VALUE_BYTES):
-            return f"header {name.decode('latin-1')!r} holds CR, LF or NUL"
+            return 400, f"header {name.decode('latin-1')!r} holds CR, LF or NUL"
         lower = name.lower()
         if lower == b"content-length":
             length = True
         elif lower == b"transfer-encoding":
             chunked = True
+    if size > MAX_HEADER_BYTES:
+        return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
     if length and chunked:
-        return "a request cannot have both Content-Length and Transfer-Encoding"
+        return 400, "a request cannot have both Content-Length and Transfer-Encoding"
     return None
 
 
 class FramingGuard:
-    """ASGI middleware: 400 + `Connection: close` for ambiguous framing or bad header bytes."""
+    """ASGI middleware: 4xx + `Connection: close` for bad framing, header bytes or sizes."""
 
     def __init__(self, app: Any, strategy: Callable[[], str]) -> None:
         self.app = app
@@ -87,16 +112,18 @@ class FramingGuard:
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
                        send: ASGISendCallable) -> None:
         if scope["type"] in ("http", "websocket"):
-            problem = framing_problem(scope["headers"])
+            target = len(scope["raw_path"] or b"") + len(scope["query_string"])
+            problem = framing_problem(scope["headers"], target)
             if problem is not None:
                 if scope["type"] == "http":
-                    await self._refuse(problem, scope, send)
+                    await self._refuse(*problem, scope, send)
                 else:
                     await send({"type": "websocket.close", "code": 1002, "reason": ""})
                 return
         await self.app(scope, receive, send)
 
-    async def _refuse(self, problem: str, scope: Scope, send: ASGISendCallable) -> None:
+    async def _refuse(self, status: int, problem: str, scope: Scope,
+                      send: ASGISendCallable) -> None:
         from .app import request_id  # the app imports this module
 
         started = time.perf_counter()
@@ -107,7 +134,7 @@ class FramingGuard:
             processing_ms=(time.perf_counter() - started) * 1000.0))
         await send({
             "type": "http.response.start",
-            "status": 400,
+            "status": status,
             "headers": [(b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
                         (b"connection", b"close"),

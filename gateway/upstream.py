@@ -27,6 +27,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .guard import TooDeep, loads_reply
 from .transport import AiohttpTransport
 
 USER_AGENT = "quart-aggregation-gateway"
@@ -93,7 +94,7 @@ class Upstream:
             for name in self._forward:
                 value = incoming.get(name)
                 if value is not None and name not in hop:
-                    out.append((name, value))
+                    out.append((name, value if value.isascii() else _as_sent(value)))
         if extra:
             out += [(k, v) for k, v in extra.items() if k.lower() not in HOP_BY_HOP]
         out.append(("x-request-id", request_id))
@@ -124,8 +125,9 @@ class Upstream:
             raise UpstreamUnavailable(f"upstream '{self.name}' is not started")
         if body is not None:
             headers = [*headers, ("content-type", "application/json")]
-        request = httpx.Request(method, self.base + path_and_query, headers=headers,
-                                content=body)
+        # UTF-8, as aiohttp writes them: a non-ASCII value the client sent must not be a 500.
+        request = httpx.Request(method, self.base + path_and_query,
+                                headers=httpx.Headers(headers, encoding="utf-8"), content=body)
         try:
             response = await sender.handle_async_request(request)
         except httpx.TimeoutException:
@@ -184,17 +186,31 @@ class Upstream:
             return None
         try:
             if len(raw) > _THREAD_PARSE_BYTES:
-                return await asyncio.to_thread(orjson.loads, raw)
-            return orjson.loads(raw)
+                return await asyncio.to_thread(loads_reply, raw)
+            return loads_reply(raw)
         except orjson.JSONDecodeError:
             raise UpstreamBadReply(
                 f"upstream '{self.name}' answered {status} with a body that is not JSON", status
             ) from None
+        except TooDeep as exc:  # the envelope could not carry it (guard.py)
+            raise UpstreamBadReply(
+                f"upstream '{self.name}' answered {status} with JSON {exc}", status) from None
 
 
 def _no_cookies() -> CookieJar:
     """A jar that keeps nothing: one user's upstream cookies must never reach another's call."""
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
+def _as_sent(value: str) -> str:
+    """The client's header bytes again: the server decoded them as latin-1, aiohttp writes UTF-8.
+
+    Exact for UTF-8 (and ASCII) bytes; other bytes arrive as their latin-1 text in UTF-8.
+    """
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def _connection_tokens(value: str) -> frozenset[str]:
