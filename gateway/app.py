@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from . import dashboard, envelope, guard, openapi, stream
+from . import dashboard, envelope, guard, health, openapi, stream
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .engine import OnCall, execute
@@ -30,6 +30,7 @@ from .envelope import CallRecord
 from .errors import CallError, RequestError
 from .fan import Fan
 from .plan import Plan, compile_plans
+from .retry import start_deadline
 from .routing import CodeView, Router, Target
 from .runtime import Runtime
 from .template import Inputs
@@ -149,6 +150,7 @@ class Gateway:
                         on_call: OnCall | None) -> Result:
         fan = Fan(ctx, runtime.upstreams, on_call)
         deadline = view.deadline or self.config.gateway.deadline
+        start_deadline(deadline)
         try:
             async with asyncio.timeout(deadline):
                 data = await view(fan, dict(ctx.params))
@@ -212,13 +214,8 @@ class Gateway:
         async def healthz() -> Response:
             return _json({"status": "ok"}, 200)
 
-        async def readyz() -> Response:
-            ready = self.runtime is not None
-            upstreams = {name: {"state": "closed"} for name in self.config.upstreams}
-            return _json({"ready": ready, "upstreams": upstreams}, 200 if ready else 503)
-
         app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
-        app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
+        health.register(self)  # /readyz, /metrics, request metrics
         app.add_url_rule("/", "aggregate_root", self._dispatch, methods=_METHODS,
                          provide_automatic_options=False)
         app.add_url_rule("/<path:_path>", "aggregate", self._dispatch, methods=_METHODS,
@@ -241,6 +238,7 @@ class Gateway:
             return self._preflight()
         try:
             target, params = self.router.match(request.path, request.method)
+            g.gateway_target = target  # the route template labels the request's metrics
             body = await _body(target)
             ctx = self.context(target, params, method=request.method, path=request.path,
                                query=request.args, headers=headers, body=body,

@@ -17,8 +17,9 @@ from typing import Any
 
 from .context import RequestContext
 from .envelope import CallRecord, dumps, failure_status
-from .errors import CallError
+from .errors import CallError, UpstreamUnavailable
 from .plan import CallPlan, Plan
+from .retry import start_deadline
 from .template import Inputs
 from .upstream import Reply, Upstream
 
@@ -59,6 +60,7 @@ async def execute(
     """Run every call of `plan` for one request; never raises a `CallError`."""
     run = _Run(plan, ctx, upstreams, on_call)
     deadline_passed = False
+    start_deadline(deadline)  # retries never start what the deadline would cut short
     try:
         async with asyncio.timeout(deadline):
             if ctx.strategy == "sequential":
@@ -113,7 +115,7 @@ class _Run:
             reply = await self._send(call)
         except CallError as error:
             record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.attempts = max(record.attempts, 1)
+            record.attempts = error.attempts
             record.fail(error)
             record.finished = True
             if not call.optional:
@@ -138,7 +140,9 @@ class _Run:
         self._notify(record, result)
 
     async def _send(self, call: CallPlan) -> Reply:
-        upstream = self.upstreams[call.upstream]
+        upstream = self.upstreams.get(call.upstream)
+        if upstream is None:  # a plan matched before a reload that removed the upstream
+            raise UpstreamUnavailable(f"upstream '{call.upstream}' is no longer configured")
         headers = upstream.outgoing_headers(self.ctx.headers, self.ctx.request_id)
         if call.batch_key is not None:
             key = call.batch_key.render(self.inputs, call.name, encode=False)

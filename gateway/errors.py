@@ -44,6 +44,7 @@ class CallError(GatewayError):
     """An upstream call failed; `gateway_status` is what it costs a required call."""
 
     gateway_status = 502
+    attempts = 1  # upstream attempts the call made; the retry loop sets it on its last error
 
     def __init__(self, message: str, status: int | None = None) -> None:
         self.status = status
@@ -84,6 +85,7 @@ class CircuitOpen(CallError):
     """The upstream's circuit breaker is open; the call was not attempted."""
 
     gateway_status = 503
+    attempts = 0  # the upstream was not touched
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, None)

@@ -118,7 +118,7 @@ class Fan:
             reply = await upstream.call(call.method, url, headers, body)
         except CallError as error:
             record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.attempts = max(record.attempts, 1)
+            record.attempts = error.attempts
             record.finished = True
             record.fail(error)
             self._notify(record, None)

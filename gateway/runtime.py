@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from .config import Config
+import asyncio
+
+from .config import Config, UpstreamConfig
+from .health import required_upstreams
+from .metrics import Metrics
 from .recent import Recent
 from .upstream import Upstream
 
@@ -12,9 +16,23 @@ class Runtime:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.upstreams = {name: Upstream(cfg, config.gateway)
-                          for name, cfg in config.upstreams.items()}
+        self.metrics = Metrics()  # its own registry: two gateways in a process never mix
+        self.upstreams = {name: self.new_upstream(cfg) for name, cfg in config.upstreams.items()}
+        self.required = required_upstreams(config)  # for /readyz
+        self._retired: dict[Upstream, asyncio.Task[None]] = {}  # replaced by a reload
         self.recent = Recent()  # the last requests, for the dashboard
+
+    def new_upstream(self, config: UpstreamConfig, runtime_config: Config | None = None
+                     ) -> Upstream:
+        """An upstream with its breaker, cache, batcher and metrics (not started)."""
+        settings = (runtime_config or self.config).gateway
+        return Upstream(config, settings, metrics=self.metrics.upstream(config.name))
+
+    def retire(self, upstream: Upstream, grace: float) -> None:
+        """Close an upstream a reload replaced, once its calls in flight are done."""
+        task = asyncio.get_running_loop().create_task(upstream.close_when_idle(grace))
+        self._retired[upstream] = task
+        task.add_done_callback(lambda _: self._retired.pop(upstream, None))
 
     async def start(self) -> None:
         for upstream in self.upstreams.values():
@@ -23,3 +41,11 @@ class Runtime:
     async def close(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.close()
+        retired = dict(self._retired)
+        for task in retired.values():
+            task.cancel()
+        if retired:
+            await asyncio.wait(retired.values())
+        for upstream in retired:
+            await upstream.close()
+        self.metrics.close()

@@ -4,20 +4,29 @@ The base URL is fixed by config: callers hand over only an already-encoded
 path and query, appended to it, so no value can change scheme, host or port.
 The timeout bounds the whole call (connect, pool wait, headers and every
 body byte), so a drip-feeding upstream times out too.
+
+A call walks: cache (GET, `cache_ttl`) -> singleflight -> circuit breaker ->
+retries within the timeout (retry.py) -> a `max_connections` slot -> `_send`.
+Keyed calls (`load`) are coalesced by batch.py and sent the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
 import orjson
 
+from .batch import Batcher
+from .breaker import CircuitBreaker, counts_as_failure
+from .cache import ReplyCache, SingleFlight, vary_key
 from .config import HOP_BY_HOP, GatewaySettings, UpstreamConfig
 from .context import HeaderMap
 from .errors import (
@@ -28,6 +37,9 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .guard import TooDeep, loads_reply
+from .metrics import UpstreamMetrics, outcome
+from .retry import Retrier
+from .tracing import TRACE_HEADERS, trace_headers
 from .transport import AiohttpTransport
 
 USER_AGENT = "quart-aggregation-gateway"
@@ -51,7 +63,8 @@ class Upstream:
     """Sends calls to one upstream; owns its `httpx.AsyncClient` from start to close."""
 
     def __init__(self, config: UpstreamConfig, settings: GatewaySettings,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 metrics: UpstreamMetrics | None = None) -> None:
         self.config = config
         self.name = config.name
         self.base = config.url
@@ -63,6 +76,23 @@ class Upstream:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._sender: httpx.AsyncBaseTransport | None = None
+        self._resilience(metrics)
+
+    def _resilience(self, metrics: UpstreamMetrics | None) -> None:
+        """The optional parts, built once; one that is off is None and costs one check."""
+        config = self.config
+        self.metrics = metrics
+        self.breaker = None if config.breaker is None else CircuitBreaker(
+            self.name, config.breaker, on_change=metrics.breaker if metrics else None)
+        self.cache = ReplyCache(config.cache_ttl) if config.cache_ttl > 0 else None
+        self._flights: SingleFlight[tuple[Reply, bytes]] = SingleFlight()
+        self.retrier = Retrier(self.name, self.timeout, config.retries, metrics)
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self.batcher = None if config.batch is None else Batcher(
+            self.name, config.batch, self._batch_call, metrics.batch if metrics else None)
+        self._trace = not TRACE_HEADERS.intersection(self._forward)
+        self.busy = 0  # calls in flight; a retired upstream is closed once it drops to 0
+        self._idle: asyncio.Event | None = None  # set up when retired
 
     async def start(self) -> None:
         transport = self._transport or AiohttpTransport(self.config.max_connections)
@@ -76,6 +106,8 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
         if self._client is not None:
             await self._client.aclose()  # closes the transport and its pool
             self._client = None
@@ -97,26 +129,149 @@ class Upstream:
                     out.append((name, value if value.isascii() else _as_sent(value)))
         if extra:
             out += [(k, v) for k, v in extra.items() if k.lower() not in HOP_BY_HOP]
+        if self._trace:
+            out += trace_headers(incoming)
         out.append(("x-request-id", request_id))
         return out
 
     async def call(self, method: str, path_and_query: str, headers: list[tuple[str, str]],
                    body: bytes | None = None) -> Reply:
         """One call within its timeout; raises a `CallError` subclass on any failure."""
+        started = time.perf_counter()
+        self.busy += 1
         try:
-            async with asyncio.timeout(self.timeout):
-                return await self._send(method, path_and_query, headers, body)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"upstream '{self.name}' timed out after {self.timeout:g}s"
-            ) from None
+            if self.cache is not None and method == "GET":
+                reply = await self._cached(path_and_query, headers)
+            else:
+                reply = (await self._protected(method, path_and_query, headers, body))[0]
+        except CallError as error:
+            if self.metrics is not None:
+                self.metrics.call(outcome(error), time.perf_counter() - started)
+            raise
+        finally:
+            self._leave()
+        if self.metrics is not None:
+            self.metrics.call("cached" if reply.cached else "ok",
+                              time.perf_counter() - started)
+        return reply
 
     async def load(self, key: str, headers: list[tuple[str, str]]) -> Reply:
         """A keyed call served through the upstream's batch endpoint."""
-        raise UpstreamUnavailable(f"upstream '{self.name}': batching is not available yet")
+        if self.batcher is None:
+            raise UpstreamUnavailable(f"upstream '{self.name}' has no batch endpoint")
+        self.busy += 1
+        try:
+            return await self.batcher.load(key, headers)
+        finally:
+            self._leave()
+
+    async def _batch_call(self, path_and_query: str, headers: list[tuple[str, str]]) -> Reply:
+        """The one upstream call of a batch (never cached: each key set is new)."""
+        started = time.perf_counter()
+        self.busy += 1
+        try:
+            reply = (await self._protected("GET", path_and_query, headers, None))[0]
+        except CallError as error:
+            if self.metrics is not None:
+                self.metrics.call(outcome(error), time.perf_counter() - started)
+            raise
+        finally:
+            self._leave()
+        if self.metrics is not None:
+            self.metrics.call("ok", time.perf_counter() - started)
+        return reply
+
+    async def _cached(self, path_and_query: str, headers: list[tuple[str, str]]) -> Reply:
+        """A GET through the cache; identical GETs in flight share one upstream call."""
+        assert self.cache is not None
+        key = (path_and_query, vary_key(headers))
+        entry = self.cache.get(key, asyncio.get_running_loop().time())
+        if entry is not None:
+            if self.metrics is not None:
+                self.metrics.cache(True)
+            return Reply(entry.status, await self._parse(entry.raw, entry.status),
+                         attempts=0, cached=True)
+        if self.metrics is not None:
+            self.metrics.cache(False)
+        (reply, raw), shared = await self._flights.run(
+            key, partial(self._fill, key, path_and_query, headers))
+        if not shared:
+            return reply
+        if self.metrics is not None:
+            self.metrics.shared()
+        # Each request parses its own copy: a hook mutating its data cannot touch another's.
+        return Reply(reply.status, await self._parse(raw, reply.status), attempts=0,
+                     cached=True)
+
+    async def _fill(self, key: tuple[str, tuple[tuple[str, str], ...]], path_and_query: str,
+                    headers: list[tuple[str, str]]) -> tuple[Reply, bytes]:
+        assert self.cache is not None
+        reply, raw = await self._protected("GET", path_and_query, headers, None)
+        self.cache.put(key, reply.status, raw, asyncio.get_running_loop().time())
+        return reply, raw
+
+    async def _protected(self, method: str, path_and_query: str,
+                         headers: list[tuple[str, str]], body: bytes | None
+                         ) -> tuple[Reply, bytes]:
+        """Breaker, then the attempts (retries within the timeout); the reply and its bytes."""
+        breaker = self.breaker
+        trial = breaker.admit() if breaker is not None else False
+        try:
+            (reply, raw), attempts = await self.retrier.run(
+                method, partial(self._attempt, method, path_and_query, headers, body))
+        except CallError as error:
+            if breaker is not None:
+                if counts_as_failure(error):
+                    breaker.failure(trial)
+                else:
+                    breaker.success(trial)
+            raise
+        except BaseException:
+            if breaker is not None:
+                breaker.cancel(trial)
+            raise
+        if breaker is not None:
+            breaker.success(trial)
+        reply.attempts = attempts
+        return reply, raw
+
+    async def _attempt(self, method: str, path_and_query: str, headers: list[tuple[str, str]],
+                       body: bytes | None) -> tuple[Reply, bytes]:
+        """One attempt in a `max_connections` slot; the wait for it is `queued_ms`."""
+        slots = self._slots
+        queued = None
+        if slots.locked():
+            waited = time.perf_counter()
+            await slots.acquire()
+            queued = time.perf_counter() - waited
+            if self.metrics is not None:
+                self.metrics.queued(queued)
+        else:
+            await slots.acquire()
+        try:
+            status, raw = await self._send(method, path_and_query, headers, body)
+        finally:
+            slots.release()
+        reply = Reply(status, await self._parse(raw, status),
+                      queued_ms=None if queued is None else queued * 1000.0)
+        return reply, raw
+
+    async def close_when_idle(self, grace: float) -> None:
+        """Close once no call is in flight (or after `grace` seconds): a retired upstream."""
+        if self.busy:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        await self.close()
+
+    def _leave(self) -> None:
+        self.busy -= 1
+        if not self.busy and self._idle is not None:
+            self._idle.set()
 
     async def _send(self, method: str, path_and_query: str, headers: list[tuple[str, str]],
-                    body: bytes | None) -> Reply:
+                    body: bytes | None) -> tuple[int, bytes]:
         # Requests go straight to the client's transport (httpx's public transport API):
         # `AsyncClient.send` adds auth, redirect, cookie and event-hook handling that a
         # gateway must not use anyway, at ~86 us of CPU per call (BENCHMARKS.md).
@@ -145,7 +300,7 @@ class Upstream:
             raw = await self._read_capped(response)
         finally:
             await response.aclose()
-        return Reply(status=status, data=await self._parse(raw, status))
+        return status, raw
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         """The decoded body, refused as soon as it passes the cap (never fully buffered)."""

@@ -1,0 +1,165 @@
+"""Cross-request batching (the dataloader pattern) for an upstream with a batch endpoint.
+
+Every keyed call waiting at the same time, from any request in the process, joins the
+open batch; `window_ms` after the batch opened, or as soon as it holds `max_size` keys,
+it goes out as one `GET {path}?{param}=k1,k2,...` (keys deduplicated, each
+percent-encoded) through the upstream's usual call (breaker, retries, timeout, pool
+cap). Each caller then gets the item whose `key` field equals its key, compared as text;
+a key without an item is a failed call with status 404, and a failed batch call fails
+every call in it.
+
+Calls are only batched with calls that send the same headers, request id and trace
+headers aside (an `authorization` allowlisted in `forward_headers` must never be sent on
+another user's behalf); the batch goes out with the headers of the call that opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
+
+from .cache import Headers, vary_key
+from .config import Batch
+from .errors import CallError, UpstreamBadReply, UpstreamStatus, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from .upstream import Reply
+
+Send = Callable[[str, Headers], Awaitable["Reply"]]
+
+
+class _Open:
+    """A batch still taking keys: each key's waiters, in arrival order."""
+
+    __slots__ = ("headers", "timer", "waiters")
+
+    def __init__(self, headers: Headers) -> None:
+        self.headers = headers
+        self.waiters: dict[str, list[asyncio.Future[Reply]]] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Batcher:
+    """Coalesces `load(key)` calls to one upstream; owns the tasks of the batches it sends."""
+
+    def __init__(self, upstream: str, config: Batch, send: Send,
+                 observe: Callable[[int], None] | None = None) -> None:
+        self.upstream = upstream
+        self.max_size = config.max_size
+        self.window = config.window_ms / 1000.0
+        self._prefix = f"{config.path}?{quote(config.param, safe='')}="
+        self._key_field = config.key
+        self._send = send
+        self._observe = observe
+        self._open: dict[tuple[tuple[str, str], ...], _Open] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def load(self, key: str, headers: Headers) -> Reply:
+        """The item for `key`, from whichever batch call serves it."""
+        group = vary_key(headers)
+        loop = asyncio.get_running_loop()
+        batch = self._open.get(group)
+        if batch is None:
+            batch = self._open[group] = _Open(headers)
+            batch.timer = loop.call_later(self.window, self._flush, group, batch)
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        batch.waiters.setdefault(key, []).append(waiter)
+        if len(batch.waiters) >= self.max_size:
+            self._flush(group, batch)
+        return await waiter
+
+    def _flush(self, group: tuple[tuple[str, str], ...], batch: _Open) -> None:
+        if self._open.get(group) is not batch:
+            return
+        del self._open[group]
+        if batch.timer is not None:
+            batch.timer.cancel()
+        # A fresh context: the batch serves many requests, so no one request's deadline
+        # (a context variable of whoever opened the batch) may cut it short.
+        task = asyncio.get_running_loop().create_task(self._run(batch),
+                                                      context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: _Open) -> None:
+        keys = list(batch.waiters)
+        url = self._prefix + ",".join(quote(k, safe="") for k in keys)
+        if self._observe is not None:
+            self._observe(len(keys))
+        try:
+            reply = await self._send(url, batch.headers)
+            items = self._index(reply.data)
+        except CallError as error:
+            for waiters in batch.waiters.values():
+                _fail(waiters, error)
+            return
+        except BaseException:
+            _abandon(batch)
+            raise
+        for key, waiters in batch.waiters.items():
+            item = items.get(key, _MISSING)
+            if item is _MISSING:
+                _fail(waiters, UpstreamStatus(
+                    f"upstream '{self.upstream}' returned no item with "
+                    f"{self._key_field} '{key}'", 404))
+                continue
+            first = True
+            for waiter in waiters:
+                if waiter.done():
+                    continue  # its request is gone
+                # Duplicates get their own copy: one request's hook must not change another's.
+                data = item if first else orjson.loads(orjson.dumps(item))
+                first = False
+                waiter.set_result(replace(reply, data=data, batch=len(keys)))
+
+    def _index(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, list):
+            raise UpstreamBadReply(
+                f"upstream '{self.upstream}' batch endpoint did not answer a JSON list", 200)
+        out: dict[str, Any] = {}
+        field = self._key_field
+        for item in data:
+            if isinstance(item, dict) and field in item:
+                out.setdefault(_text(item[field]), item)
+        return out
+
+    async def close(self) -> None:
+        """Fail calls still waiting for a batch, stop batches in flight."""
+        for batch in list(self._open.values()):
+            if batch.timer is not None:
+                batch.timer.cancel()
+            _abandon(batch)
+        self._open.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+_MISSING: Any = object()
+
+
+def _text(value: Any) -> str:
+    """Keys are compared as text: 7 and "7" are the same key."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _fail(waiters: list[asyncio.Future[Reply]], error: CallError) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(error)
+
+
+def _abandon(batch: _Open) -> None:
+    error = UpstreamUnavailable("the gateway is shutting down; the batch call was not sent")
+    for waiters in batch.waiters.values():
+        _fail(waiters, error)

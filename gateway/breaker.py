@@ -1,0 +1,114 @@
+"""A circuit breaker per upstream: stop calling an upstream that keeps failing.
+
+    closed ──(failures in a row)──> open ──(reset seconds)──> half-open
+       ^                              ^                           │
+       └────────(trial succeeds)──────┼───────────────────────────┤
+                                      └──────(trial fails)────────┘
+
+Closed: calls pass; `failures` consecutive failed calls open it. Open: calls fail at once
+with `CircuitOpen` (503 + Retry-After for a required call, the default for an optional
+one) and the upstream is not touched. After `reset` seconds it is half-open: exactly one
+trial call passes, the others still fail fast; the trial's success closes it, its failure
+opens it again for another `reset`. A trial that is canceled gives no verdict and frees
+the slot. Pure: time comes from `clock`, so tests need not sleep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .config import Breaker as BreakerConfig
+from .errors import CallError, CircuitOpen, UpstreamStatus
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half_open"
+STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the gauge's numbers
+
+# While a trial is in flight, callers are told to come back in about this many seconds.
+_TRIAL_RETRY_AFTER = 1.0
+
+
+def counts_as_failure(error: CallError) -> bool:
+    """An upstream 4xx is a verdict on the request, not a sign the upstream is unwell."""
+    if isinstance(error, UpstreamStatus):
+        return not (error.status is not None and 400 <= error.status < 500)
+    return not isinstance(error, CircuitOpen)
+
+
+class CircuitBreaker:
+    """The breaker of one upstream; `on_change(state)` hears every transition."""
+
+    def __init__(self, upstream: str, config: BreakerConfig,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[str], None] | None = None) -> None:
+        self.upstream = upstream
+        self.threshold = config.failures
+        self.reset = config.reset
+        self._clock = clock
+        self._on_change = on_change
+        self._state = CLOSED
+        self.failures = 0  # consecutive failed calls while closed
+        self._opened_at = 0.0
+        self._trial = False  # a half-open trial call is in flight
+
+    @property
+    def state(self) -> str:
+        """closed, open or half_open, as of now (an open breaker past `reset` is half-open)."""
+        if self._state == OPEN and self._clock() - self._opened_at >= self.reset:
+            return HALF_OPEN
+        return self._state
+
+    def retry_after(self) -> float:
+        """Seconds until a call may be tried again; 0 when it may be now."""
+        state = self.state
+        if state == OPEN:
+            return max(0.0, self._opened_at + self.reset - self._clock())
+        if state == HALF_OPEN and self._trial:
+            return _TRIAL_RETRY_AFTER
+        return 0.0
+
+    def admit(self) -> bool:
+        """Let one call through or raise `CircuitOpen`; True if the call is the trial."""
+        if self._state == CLOSED:
+            return False
+        if self.state == HALF_OPEN and not self._trial:
+            self._set(HALF_OPEN)
+            self._trial = True
+            return True
+        raise CircuitOpen(f"circuit breaker of upstream '{self.upstream}' is open",
+                          self.retry_after())
+
+    def success(self, trial: bool) -> None:
+        if trial:
+            self._trial = False
+            self._set(CLOSED)
+        self.failures = 0
+
+    def failure(self, trial: bool) -> None:
+        if trial:
+            self._trial = False
+            self._open()
+            return
+        if self._state != CLOSED:
+            return  # a call admitted before the breaker opened: nothing more to learn
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self._open()
+
+    def cancel(self, trial: bool) -> None:
+        """The call was canceled before its outcome was known: no verdict."""
+        if trial:
+            self._trial = False
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self.failures = 0
+        self._set(OPEN)
+
+    def _set(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            if self._on_change is not None:
+                self._on_change(state)

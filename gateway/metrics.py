@@ -1,0 +1,208 @@
+"""Prometheus metrics: one `CollectorRegistry` per `Runtime`, served at `/metrics`.
+
+    gateway_requests_total{endpoint,method,status}               incoming requests
+    gateway_request_duration_seconds{endpoint,method,status}     their latency (histogram)
+    gateway_upstream_calls_total{upstream,outcome}               calls, by how they ended
+    gateway_upstream_call_duration_seconds{upstream,outcome}     their latency (histogram)
+    gateway_upstream_retries_total{upstream}                     retries made
+    gateway_upstream_retries_refused_total{upstream}             retries the budget refused
+    gateway_upstream_queue_wait_seconds{upstream}                waits for a connection slot
+    gateway_upstream_batch_keys{upstream}                        keys per batch call
+    gateway_breaker_state{upstream}                              0 closed, 1 half-open, 2 open
+    gateway_breaker_opened_total{upstream}                       times the breaker opened
+    gateway_cache_hits_total / gateway_cache_misses_total{upstream}
+    gateway_singleflight_shared_total{upstream}                  calls served by another's call
+    gateway_jobs_total{state}                                    jobs that entered each state
+    gateway_config_reloads_total{result}                         SIGHUP reloads, ok / refused
+
+`outcome` is ok, cached, client_error (an upstream 4xx), error, timeout or circuit_open.
+`endpoint` is the route template (`/dashboard/<int:user_id>`), never the raw path, so the
+number of series stays bounded; requests that match no route count as `unmatched`.
+
+Several worker processes: when `PROMETHEUS_MULTIPROC_DIR` is set (before the process
+starts; `gateway serve --workers N` sets it to a fresh directory) prometheus-client runs
+in multiprocess mode: every worker writes its values to files there and `/metrics`, in
+whichever worker answers, adds up every worker's. Without it each worker counts alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from .breaker import STATE_VALUES
+from .errors import CallError, CircuitOpen, UpstreamStatus, UpstreamTimeout
+
+# The classic text format, which every Prometheus version scrapes (generate_latest writes it).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OUTCOMES = ("ok", "cached", "client_error", "error", "timeout", "circuit_open")
+UNMATCHED = "unmatched"
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+def multiprocess_mode() -> bool:
+    """True when prometheus-client stores values in PROMETHEUS_MULTIPROC_DIR files.
+
+    prometheus-client decides once, at import, from the environment; ask it, not the
+    environment, so a variable set too late cannot make `/metrics` read an empty directory.
+    """
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def outcome(error: CallError) -> str:
+    if isinstance(error, CircuitOpen):
+        return "circuit_open"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamStatus) and error.status is not None and error.status < 500:
+        return "client_error"
+    return "error"
+
+
+class Metrics:
+    """Every metric of one gateway; `upstream(name)` hands out pre-bound children."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_mode()
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("gateway_requests", "Incoming requests.",
+                                ["endpoint", "method", "status"], registry=r)
+        self.request_seconds = Histogram(
+            "gateway_request_duration_seconds", "Incoming request latency.",
+            ["endpoint", "method", "status"], registry=r)
+        self.calls = Counter("gateway_upstream_calls", "Upstream calls, by outcome.",
+                             ["upstream", "outcome"], registry=r)
+        self.call_seconds = Histogram(
+            "gateway_upstream_call_duration_seconds",
+            "Upstream call latency, retries and queueing included.",
+            ["upstream", "outcome"], registry=r)
+        self.retries = Counter("gateway_upstream_retries", "Retries sent to an upstream.",
+                               ["upstream"], registry=r)
+        self.retries_refused = Counter(
+            "gateway_upstream_retries_refused",
+            "Retries not sent because the upstream's retry budget was spent.",
+            ["upstream"], registry=r)
+        self.queue_seconds = Histogram(
+            "gateway_upstream_queue_wait_seconds",
+            "Time calls waited for a free connection slot (max_connections).",
+            ["upstream"], registry=r)
+        self.batch_keys = Histogram("gateway_upstream_batch_keys",
+                                    "Keys per batch call.", ["upstream"],
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.breaker_state = Gauge("gateway_breaker_state",
+                                   "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                                   ["upstream"], multiprocess_mode="livemax", registry=r)
+        self.breaker_opened = Counter("gateway_breaker_opened", "Times a breaker opened.",
+                                      ["upstream"], registry=r)
+        self.cache_hits = Counter("gateway_cache_hits", "GET replies served from the cache.",
+                                  ["upstream"], registry=r)
+        self.cache_misses = Counter("gateway_cache_misses",
+                                    "Cacheable GETs the cache could not serve.",
+                                    ["upstream"], registry=r)
+        self.shared = Counter("gateway_singleflight_shared",
+                              "GETs served by an identical call already in flight.",
+                              ["upstream"], registry=r)
+        self.jobs = Counter("gateway_jobs", "Jobs that entered each state.", ["state"],
+                            registry=r)
+        self.reloads = Counter("gateway_config_reloads", "Config reloads, by result.",
+                               ["result"], registry=r)
+        for result in ("ok", "refused"):
+            self.reloads.labels(result)
+        if not self.multiprocess:  # custom collectors do not work in multiprocess mode
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
+        self._request_children: dict[tuple[str, str, int],
+                                     tuple[Counter, Histogram]] = {}
+
+    def upstream(self, name: str) -> UpstreamMetrics:
+        return UpstreamMetrics(self, name)
+
+    def request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (endpoint, method, str(status))
+            children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def job(self, state: str) -> None:
+        """Count a job entering `state` (queued, running, succeeded, failed, canceled...)."""
+        self.jobs.labels(state).inc()
+
+    def exposition(self) -> bytes:
+        """The text format; reads files in multiprocess mode, so run it off the event loop."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        if self.multiprocess:  # this worker's live gauges (breaker state) leave with it
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+class UpstreamMetrics:
+    """The children of one upstream, bound once so a call pays no label lookup."""
+
+    __slots__ = ("_batch", "_breaker", "_calls", "_hits", "_misses", "_opened", "_queue",
+                 "_refused", "_retries", "_shared")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._calls = {o: (metrics.calls.labels(name, o), metrics.call_seconds.labels(name, o))
+                       for o in OUTCOMES}
+        self._retries = metrics.retries.labels(name)
+        self._refused = metrics.retries_refused.labels(name)
+        self._queue = metrics.queue_seconds.labels(name)
+        self._batch = metrics.batch_keys.labels(name)
+        self._breaker = metrics.breaker_state.labels(name)
+        self._opened = metrics.breaker_opened.labels(name)
+        self._hits = metrics.cache_hits.labels(name)
+        self._misses = metrics.cache_misses.labels(name)
+        self._shared = metrics.shared.labels(name)
+        self._breaker.set(0)
+
+    def call(self, outcome: str, seconds: float) -> None:
+        counter, histogram = self._calls[outcome]
+        counter.inc()
+        histogram.observe(seconds)
+
+    def retry(self) -> None:
+        self._retries.inc()
+
+    def retry_refused(self) -> None:
+        self._refused.inc()
+
+    def queued(self, seconds: float) -> None:
+        self._queue.observe(seconds)
+
+    def batch(self, keys: int) -> None:
+        self._batch.observe(keys)
+
+    def breaker(self, state: str) -> None:
+        self._breaker.set(STATE_VALUES[state])
+        if state == "open":
+            self._opened.inc()
+
+    def breaker_now(self, state: str) -> None:
+        """Refresh the gauge at scrape time (open turns half-open by the clock, unseen)."""
+        self._breaker.set(STATE_VALUES[state])
+
+    def cache(self, hit: bool) -> None:
+        (self._hits if hit else self._misses).inc()
+
+    def shared(self) -> None:
+        self._shared.inc()
