@@ -22,7 +22,7 @@ from quart import Quart, Response, g, request
 from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from . import dashboard, envelope, guard, health, openapi, stream
+from . import dashboard, envelope, guard, health, openapi, reload, stream
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .engine import OnCall, execute
@@ -228,6 +228,7 @@ class Gateway:
         # Ambiguous framing (Content-Length + Transfer-Encoding) is refused before Quart runs.
         app.asgi_app = guard.FramingGuard(  # type: ignore[method-assign]
             app.asgi_app, lambda: self.config.gateway.strategy)
+        reload.register(self)  # SIGHUP
         if self.config.gateway.cors_origins:
             app.after_request(self._cors)
 

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
     serve.add_argument("--bind", help="HOST:PORT (default from hypercorn.toml, else :8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default from hypercorn.toml)")
+    serve.add_argument("--watch", action="store_true",
+                       help="also reload the config when its file changes (SIGHUP always does)")
     serve.add_argument("--hypercorn-config", default=DEFAULT_HYPERCORN,
                        help="Hypercorn settings file (used if it exists)")
 
@@ -92,12 +94,15 @@ def hypercorn_config(path: str | None, bind: str | None = None,
 def _serve(args: argparse.Namespace) -> int:
     if _check_quietly(args.config) != 0:
         return 2
-    from hypercorn.run import run
+    from .reload import WATCH_ENV
+    from .supervisor import serve
 
     os.environ["GATEWAY_CONFIG"] = str(Path(args.config).resolve())
+    if args.watch:
+        os.environ[WATCH_ENV] = "1"
     config = hypercorn_config(args.hypercorn_config, args.bind, args.workers)
     config.application_path = "gateway.asgi:app"
-    return run(config)
+    return serve(config)  # SIGHUP reloads the config (supervisor.py)
 
 
 def _check_quietly(path: str) -> int:
