@@ -26,8 +26,8 @@ OPEN = "open"
 HALF_OPEN = "half_open"
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the gauge's numbers
 
-# While a trial is in flight, callers are told to come back in about this many seconds.
-_TRIAL_RETRY_AFTER = 1.0
+# While a trial is in flight, callers are told to come back soon (Retry-After: 1).
+_TRIAL_RETRY_AFTER = 0.5
 
 
 def counts_as_failure(error: CallError) -> bool:

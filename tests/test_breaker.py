@@ -12,6 +12,7 @@ from gateway import Gateway
 from gateway._httpserver import Request, Response, json_response
 from gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, counts_as_failure
 from gateway.config import Breaker
+from gateway.envelope import failure_status
 from gateway.errors import CircuitOpen, UpstreamStatus, UpstreamTimeout
 from gateway.fan import Fan
 
@@ -76,8 +77,9 @@ def test_half_open_admits_one_trial_whose_success_closes_it() -> None:
     assert cb.state == HALF_OPEN
     trial = cb.admit()
     assert trial is True
-    with pytest.raises(CircuitOpen):
+    with pytest.raises(CircuitOpen) as caught:
         cb.admit()  # only one trial at a time
+    assert failure_status(caught.value) == (503, {"Retry-After": "1"})
     cb.success(trial)
     assert cb.state == CLOSED
     assert cb.admit() is False
