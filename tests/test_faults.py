@@ -6,6 +6,7 @@ timeout; on an optional call it gives the call's default and `complete: false`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -169,3 +170,34 @@ async def test_reply_nested_too_deep_for_the_envelope_is_502(
     assert response.status_code == 502, body
     assert "nested deeper than" in body["error"]
     assert_envelope(body, 502)
+
+
+@pytest.mark.parametrize("fault", [Fault(blackhole=True), Fault(garbage=b"\x00\xff" * 8),
+                                   Fault(reset_after=100)],
+                         ids=["blackhole", "garbage", "reset"])
+async def test_breaker_sheds_a_storm_without_reaching_the_proxy(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
+    fault_proxy: ProxyFactory, fault: Fault
+) -> None:
+    real = await upstream(reply(BODY))
+    good = await upstream(reply({"ok": True}))
+    proxy = await fault_proxy(real)
+    proxy.fault = fault
+    client = await gateway_client(_config(proxy, good, breaker={"failures": 3, "reset": 30}))
+    for _ in range(3):  # the storm's first calls reach the fault and open the breaker
+        response = await client.get("/agg")
+        assert response.status_code in (502, 504)
+    reached = (proxy.connections, proxy.bytes_in)
+    started = time.monotonic()
+    shed = await asyncio.gather(*(client.get("/agg") for _ in range(50)))
+    elapsed = time.monotonic() - started
+    for response in shed:
+        body = await response.get_json()
+        assert response.status_code == 503, body
+        assert int(response.headers["Retry-After"]) >= 1
+        assert body["data"] is None
+        assert body["meta"]["calls"]["flaky"]["attempts"] == 0
+        assert "\n" not in body["error"]
+    assert elapsed < TIMEOUT  # 50 requests failed fast, none waited for the fault
+    assert (proxy.connections, proxy.bytes_in) == reached  # and none reached the proxy
+    assert real.requests <= 3
