@@ -22,7 +22,7 @@ from quart import Quart, Response, g, request
 from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from . import dashboard, envelope, guard, health, openapi, reload, stream
+from . import dashboard, envelope, guard, health, jobs, openapi, reload, stream
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .engine import OnCall, execute
@@ -224,6 +224,7 @@ class Gateway:
         app.register_error_handler(Exception, self._internal_error)
         stream.register(self)
         dashboard.register(self)
+        jobs.register(self)
         openapi.register(self)  # /_gateway/openapi.json
         # Ambiguous framing (Content-Length + Transfer-Encoding) is refused before Quart runs.
         app.asgi_app = guard.FramingGuard(  # type: ignore[method-assign]
@@ -246,6 +247,10 @@ class Gateway:
                                started=started)
         except RequestError as error:
             return self._error(error.status, str(error), headers, started)
+        if "prefer" in headers:  # `Prefer: respond-async`: 202 now, the work as a job
+            accepted = await jobs.respond_async(self, target, ctx, body)
+            if accepted is not None:
+                return accepted
         result = await self.run(target, ctx)
         return Response(envelope.dumps(result.body), status=result.status,
                         headers=result.headers, content_type="application/json")

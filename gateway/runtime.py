@@ -6,6 +6,7 @@ import asyncio
 
 from .config import Config, UpstreamConfig
 from .health import required_upstreams
+from .jobs.store import JobStore
 from .metrics import Metrics
 from .recent import Recent
 from .upstream import Upstream
@@ -21,6 +22,7 @@ class Runtime:
         self.required = required_upstreams(config)  # for /readyz
         self._retired: dict[Upstream, asyncio.Task[None]] = {}  # replaced by a reload
         self.recent = Recent()  # the last requests, for the dashboard
+        self.jobs: JobStore | None = None  # opened by gateway.jobs while the app serves
 
     def new_upstream(self, config: UpstreamConfig, runtime_config: Config | None = None
                      ) -> Upstream:

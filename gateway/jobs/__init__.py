@@ -1,0 +1,38 @@
+"""Background jobs (SPEC section 6): `Prefer: respond-async`, `/jobs/{id}`, limits, stores.
+
+    api.py          the routes, the `Prefer` hook, the store's lifetime (`register`)
+    runner.py       a job's request captured when accepted, replayed where it runs
+    model.py        JobRequest, Outcome, JobView: what a job is (pure)
+    store.py        the JobStore interface, its errors, `open_store`
+    memory.py       store = "memory": one process
+    redis_store.py  store = "redis://...": every process, on SAQ (see _saq.py)
+"""
+
+from .api import register, respond_async
+from .model import STATES, JobRequest, JobState, JobView, Outcome
+from .store import (
+    JobsBusy,
+    JobsClosed,
+    JobsError,
+    JobStore,
+    JobsUnavailable,
+    Timing,
+    open_store,
+)
+
+__all__ = [
+    "STATES",
+    "JobRequest",
+    "JobState",
+    "JobStore",
+    "JobView",
+    "JobsBusy",
+    "JobsClosed",
+    "JobsError",
+    "JobsUnavailable",
+    "Outcome",
+    "Timing",
+    "open_store",
+    "register",
+    "respond_async",
+]

@@ -1,0 +1,149 @@
+"""The job API: `Prefer: respond-async` on any aggregate request, `GET`/`DELETE /jobs/{id}`.
+
+`register(gw)` adds the routes and opens the store while the app serves; the
+store lives on `gw.runtime.jobs`. Job responses carry `Cache-Control:
+no-store`: a result may hold private data, and its id is the only key to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+
+from .. import envelope
+from ..config import STRATEGIES
+from ..context import RequestContext
+from .model import valid_job_id
+from .runner import Runner, capture
+from .store import JobsError, JobStore, Timing, open_store
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+    from ..routing import Target
+
+POLL_AFTER = 1  # seconds: Retry-After while a job is unfinished
+
+
+def register(gw: Gateway) -> None:
+    """Wire jobs into a gateway's app; called once from `Gateway._wire`."""
+    app = gw.app
+
+    @app.while_serving
+    async def serve_jobs() -> AsyncGenerator[None, None]:
+        # After `before_serving` (the runtime exists) and closed before `after_serving`
+        # closes the upstream clients, so jobs can finish during the grace period.
+        runtime = gw.runtime
+        assert runtime is not None
+        store = open_store(gw.config.jobs, timing(gw))
+        await store.start(Runner(gw, gw.config.gateway.max_upstream_bytes))
+        runtime.jobs = store
+        try:
+            yield
+        finally:
+            await store.close()
+
+    async def job(job_id: str) -> Response:
+        return await (cancel(gw, job_id) if request.method == "DELETE" else show(gw, job_id))
+
+    app.add_url_rule("/jobs/<job_id>", "job", job, methods=["GET", "DELETE"])
+
+
+def timing(gw: Gateway) -> Timing:
+    jobs = gw.config.jobs
+    return Timing(heartbeat=jobs.heartbeat, grace=jobs.grace)
+
+
+def wants_async(headers: Mapping[str, str] | Any) -> bool:
+    """`Prefer: respond-async` among the preferences (RFC 7240: comma-separated tokens)."""
+    prefer = headers.get("prefer") or ""
+    return any(p.split(";", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+async def respond_async(gw: Gateway, target: Target, ctx: RequestContext,
+                        body: bytes) -> Response | None:
+    """202 and a job for a validated request that prefers it; None to answer it in line."""
+    if not wants_async(ctx.headers):
+        return None
+    store = _store(gw)
+    if store is None:
+        return _aggregate_error(gw, ctx, 503, "background jobs are not available: the "
+                                "gateway is not serving", 5)
+    try:
+        view = await store.submit(capture(gw, target, ctx, request.query_string, body))
+    except JobsError as error:
+        return _aggregate_error(gw, ctx, 503, str(error), error.retry_after)
+    url = f"/jobs/{view.id}"
+    out = {"id": view.id, "status": view.state, "status_url": url,
+           "created_at": view.to_json()["created_at"]}
+    return _json(out, 202, {"Location": url, "Preference-Applied": "respond-async",
+                            "X-Request-ID": ctx.request_id})
+
+
+async def show(gw: Gateway, job_id: str) -> Response:
+    store = _store(gw)
+    if store is None:
+        return _unavailable()
+    try:
+        view = await store.get(job_id) if valid_job_id(job_id) else None
+    except JobsError as error:
+        return _json({"error": str(error)}, 503, {"Retry-After": str(error.retry_after)})
+    if view is None:
+        return _unknown()
+    if not view.finished:
+        return _json(view.to_json(), 202, {"Retry-After": str(POLL_AFTER)})
+    return _json(view.to_json(), 200)
+
+
+async def cancel(gw: Gateway, job_id: str) -> Response:
+    store = _store(gw)
+    if store is None:
+        return _unavailable()
+    try:
+        view = await store.cancel(job_id) if valid_job_id(job_id) else None
+    except JobsError as error:
+        return _json({"error": str(error)}, 503, {"Retry-After": str(error.retry_after)})
+    if view is None:
+        return _unknown()
+    if view.state != "canceled":  # it had finished: nothing to cancel
+        out = view.to_json()
+        out["error"] = f"the job already finished ({view.state}); nothing to cancel"
+        return _json(out, 409)
+    return _json(view.to_json(), 202)
+
+
+def _store(gw: Gateway) -> JobStore | None:
+    runtime = gw.runtime
+    return None if runtime is None else runtime.jobs
+
+
+def _unknown() -> Response:
+    return _json({"error": "no such job (unknown, or expired after its ttl)"}, 404)
+
+
+def _unavailable() -> Response:
+    return _json({"error": "background jobs are not available: the gateway is not serving"},
+                 503, {"Retry-After": "5"})
+
+
+def _aggregate_error(gw: Gateway, ctx: RequestContext, status: int, message: str,
+                     retry_after: int) -> Response:
+    strategy = ctx.strategy if ctx.strategy in STRATEGIES else gw.config.gateway.strategy
+    total = (time.perf_counter() - ctx.started) * 1000.0
+    body = envelope.body(None, strategy=strategy, records=[], processing_ms=total,
+                         complete=False, error=message)
+    headers = envelope.headers(ctx.request_id, [], total)
+    headers["Retry-After"] = str(retry_after)
+    return Response(envelope.dumps(body), status=status, headers=headers,
+                    content_type="application/json")
+
+
+def _json(obj: Any, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    response = Response(envelope.dumps(obj), status=status, content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+

@@ -1,0 +1,173 @@
+"""`store = "memory"`: jobs in this process's memory, run by this process's event loop.
+
+Serves one process only: with several Hypercorn workers each has its own jobs,
+and a job's id is unknown to the others. Use a Redis store for those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from ..config import JobsSettings
+from .model import (
+    CANCELED,
+    CRASHED,
+    JOB_SLACK,
+    SHUTDOWN,
+    SHUTDOWN_QUEUED,
+    TIMED_OUT,
+    JobRequest,
+    JobState,
+    JobView,
+    Outcome,
+    finished_view,
+    new_job_id,
+)
+from .store import Execute, JobsBusy, JobsClosed, JobStore, Timing
+
+log = logging.getLogger("gateway.jobs")
+
+
+@dataclass(slots=True)
+class _Job:
+    id: str
+    request: JobRequest
+    created_at: float
+    started_at: float | None = None
+    view: JobView | None = None  # set once finished
+    task: asyncio.Task[None] | None = None
+
+    def current(self) -> JobView:
+        if self.view is not None:
+            return self.view
+        state: JobState = "running" if self.started_at is not None else "queued"
+        return JobView(self.id, state, self.created_at, self.started_at)
+
+
+class MemoryStore(JobStore):
+    def __init__(self, settings: JobsSettings, timing: Timing) -> None:
+        super().__init__(settings, timing)
+        self._jobs: dict[str, _Job] = {}
+        self._queue: deque[str] = deque()
+        self._running: set[str] = set()
+        self._expiry: OrderedDict[str, float] = OrderedDict()  # finished jobs, oldest first
+        self._execute: Execute | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self, execute: Execute | None) -> None:
+        # Memory jobs can only run here, so a store without `execute` runs nothing.
+        self._execute = execute
+
+    async def submit(self, request: JobRequest) -> JobView:
+        if self._closing:
+            raise JobsClosed("the gateway is shutting down and accepts no new jobs")
+        self._expire()
+        if len(self._queue) + len(self._running) >= self.capacity:
+            raise JobsBusy(f"{self.settings.max_running} jobs running and "
+                           f"{self.settings.max_queued} waiting: try again later")
+        job = _Job(new_job_id(), request, time.time())
+        self._jobs[job.id] = job
+        self._queue.append(job.id)
+        view = job.current()
+        self._pump()
+        return view
+
+    async def get(self, job_id: str) -> JobView | None:
+        self._expire()
+        job = self._jobs.get(job_id)
+        return None if job is None else job.current()
+
+    async def cancel(self, job_id: str) -> JobView | None:
+        self._expire()
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.view is None:
+            self._finish(job, Outcome(None, None, CANCELED), "canceled")
+        return job.current()
+
+    async def counts(self) -> dict[JobState, int]:
+        self._expire()
+        counts: dict[JobState, int] = {}
+        for job in self._jobs.values():
+            state = job.current().state
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    async def close(self) -> None:
+        self._closing = True
+        for job_id in list(self._queue):
+            self._finish(self._jobs[job_id], Outcome(None, None, SHUTDOWN_QUEUED))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timing.grace):
+                await self._idle.wait()
+        for job_id in list(self._running):
+            self._finish(self._jobs[job_id], Outcome(None, None, SHUTDOWN))
+        tasks = [t for job in self._jobs.values() if (t := job.task) is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start queued jobs while fewer than `max_running` run."""
+        if self._execute is None or self._closing:
+            return
+        while self._queue and len(self._running) < self.settings.max_running:
+            job = self._jobs[self._queue.popleft()]
+            job.started_at = time.time()
+            self._running.add(job.id)
+            self._idle.clear()
+            job.task = asyncio.create_task(self._run(job, self._execute),
+                                           name=f"gateway-job-{job.id[:8]}")
+
+    async def _run(self, job: _Job, execute: Execute) -> None:
+        try:
+            async with asyncio.timeout(job.request.deadline + JOB_SLACK):
+                outcome = await execute(job.request)
+        except TimeoutError:
+            outcome = Outcome(None, None, TIMED_OUT)
+        except asyncio.CancelledError:
+            if job.view is None:  # not canceled by us: the loop itself is going away
+                raise
+            return
+        except Exception:  # `execute` never raises on purpose; keep the job from sticking
+            log.exception("job %s crashed", job.id[:8])
+            outcome = Outcome(None, None, CRASHED)
+        if job.view is None:
+            self._finish(job, outcome)
+
+    def _finish(self, job: _Job, outcome: Outcome, state: JobState | None = None) -> None:
+        now = time.time()
+        view = finished_view(job.id, job.created_at, job.started_at, now, outcome)
+        if state is not None:
+            view = JobView(job.id, state, job.created_at, job.started_at, now, None, None,
+                           outcome.error)
+        job.view = view
+        with contextlib.suppress(ValueError):
+            self._queue.remove(job.id)
+        if job.id in self._running:
+            self._running.discard(job.id)
+            task = job.task
+            if task is not None and task is not asyncio.current_task() and not task.done():
+                task.cancel()
+        if not self._running:
+            self._idle.set()
+        self._expiry[job.id] = now + self.settings.ttl
+        self._pump()
+
+    def _expire(self) -> None:
+        now = time.time()
+        while self._expiry:
+            job_id, expires = next(iter(self._expiry.items()))
+            if expires > now:
+                break
+            del self._expiry[job_id]
+            self._jobs.pop(job_id, None)

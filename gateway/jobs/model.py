@@ -1,0 +1,151 @@
+"""What a job is, independent of where it is kept (pure).
+
+A job holds the *request* it will replay, never Python objects: any process
+that shares the store can run it by routing the request again. Its public
+face is `JobView`, the JSON that `GET /jobs/{id}` answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
+STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "canceled")
+FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+# 24 URL-safe characters = 144 random bits: ids cannot be guessed, so holding one is the
+# permission to read a result that may carry private data.
+_ID_BYTES = 18
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}\Z")
+
+# What a job that produced no aggregate response says in its `error`.
+CANCELED = "canceled by request"
+LOST = "the gateway process running this job stopped (no heartbeat); it did not finish"
+SHUTDOWN = "the gateway process running this job shut down before it finished"
+SHUTDOWN_QUEUED = "the gateway shut down before this job started"
+CRASHED = "the job failed inside the gateway; the server log has details"
+TIMED_OUT = "the job did not finish within its deadline"
+JOB_SLACK = 10.0  # seconds a job may run past its aggregate's deadline before it is stopped
+
+
+def new_job_id() -> str:
+    return secrets.token_urlsafe(_ID_BYTES)
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Cheap shape check, so a malformed id is a 404 without touching the store."""
+    return _ID_RE.match(job_id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """An aggregate request as it arrived, enough to run it again in any process."""
+
+    method: str
+    path: str
+    query: str  # the raw query string, without '?'
+    headers: tuple[tuple[str, str], ...]  # lower-case names, allowlisted
+    body: bytes
+    request_id: str
+    deadline: float  # the aggregate's own budget, seconds; jobs are stopped a little after
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": [list(h) for h in self.headers],
+            "body": base64.b64encode(self.body).decode("ascii"),
+            "request_id": self.request_id,
+            "deadline": self.deadline,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> JobRequest:
+        return cls(
+            method=raw["method"],
+            path=raw["path"],
+            query=raw["query"],
+            headers=tuple((str(k), str(v)) for k, v in raw["headers"]),
+            body=base64.b64decode(raw["body"]),
+            request_id=raw["request_id"],
+            deadline=float(raw["deadline"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What running a job produced: an aggregate response, or an error without one."""
+
+    http_status: int | None
+    body: dict[str, Any] | None
+    error: str | None = None
+
+    @property
+    def state(self) -> JobState:
+        """`succeeded` when the aggregate answered below 400; anything else `failed`."""
+        ok = self.http_status is not None and self.http_status < 400 and self.error is None
+        return "succeeded" if ok else "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"http_status": self.http_status, "body": self.body, "error": self.error}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Outcome:
+        if not isinstance(raw, dict):
+            return cls(None, None, CRASHED)
+        return cls(raw.get("http_status"), raw.get("body"), raw.get("error"))
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """One job as a client sees it; times are epoch seconds."""
+
+    id: str
+    state: JobState
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    http_status: int | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.state,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+        }
+        if self.finished:
+            out["finished_at"] = _iso(self.finished_at)
+            out["http_status"] = self.http_status
+            out["result"] = self.result
+            if self.error is not None:
+                out["error"] = self.error
+        return out
+
+
+def finished_view(job_id: str, created_at: float, started_at: float | None,
+                  finished_at: float | None, outcome: Outcome) -> JobView:
+    error = outcome.error
+    if error is None and outcome.state == "failed" and outcome.body is not None:
+        error = outcome.body.get("error")  # the aggregate's own one-line reason
+    return JobView(job_id, outcome.state, created_at, started_at, finished_at,
+                   outcome.http_status, outcome.body, error)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")

@@ -1,0 +1,195 @@
+"""`store = "redis://..."`: jobs shared by every worker process and machine of a deployment.
+
+A job is accepted by whichever process got the request and run by whichever
+process's SAQ worker takes it first (gateway processes and `gateway worker`
+processes alike); any process reads and cancels it. See `_saq.py` for what
+SAQ does and what we tighten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from saq.job import Job, Status
+from saq.types import Context, PartialTimersDict
+
+from ..config import JobsSettings
+from ._saq import FINISHED_STATES, FUNCTION, GatewayQueue, GatewayWorker
+from .model import (
+    CANCELED,
+    CRASHED,
+    JOB_SLACK,
+    LOST,
+    SHUTDOWN,
+    SHUTDOWN_QUEUED,
+    TIMED_OUT,
+    JobRequest,
+    JobState,
+    JobView,
+    Outcome,
+    finished_view,
+    new_job_id,
+)
+from .store import Execute, JobsClosed, JobStore, JobsUnavailable, Timing
+
+log = logging.getLogger("gateway.jobs")
+
+_KNOWN_ERRORS = frozenset({CANCELED, LOST, SHUTDOWN, SHUTDOWN_QUEUED, TIMED_OUT})
+
+
+class RedisStore(JobStore):
+    def __init__(self, settings: JobsSettings, timing: Timing) -> None:
+        super().__init__(settings, timing)
+        # Fail fast while Redis is down (one immediate retry covers a connection that a
+        # Redis restart broke), so job requests get their 503 quickly.
+        self._redis: Redis = Redis.from_url(
+            settings.store, socket_connect_timeout=2.0, socket_timeout=5.0,
+            retry=Retry(NoBackoff(), 1), health_check_interval=15)
+        self._queue = GatewayQueue(self._redis, max_running=settings.max_running,
+                                   capacity=self.capacity, ttl=settings.ttl, timing=timing)
+        self._worker: GatewayWorker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._execute: Execute | None = None
+        self._closing = False
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self, execute: Execute | None) -> None:
+        await self._queue.connect()
+        if execute is None:
+            return
+        self._execute = execute
+        timers = {"abort": 0.5, "sweep": max(1, round(self.timing.heartbeat)),
+                  "schedule": 3600, "worker_info": 10}
+        self._worker = GatewayWorker(
+            self._queue, [(FUNCTION, self._run)], concurrency=self.settings.max_running,
+            timers=cast(PartialTimersDict, timers),
+            shutdown_grace_period_s=None,  # `close` waits for running jobs itself
+            cancellation_hard_deadline_s=1.0)
+        self._worker_task = asyncio.create_task(self._worker.start(), name="gateway-jobs-worker")
+
+    async def submit(self, request: JobRequest) -> JobView:
+        if self._closing:
+            raise JobsClosed("the gateway is shutting down and accepts no new jobs")
+        job_id = new_job_id()
+        try:
+            job = await self._queue.enqueue(
+                FUNCTION, key=job_id, request=request.to_json(), retries=1,
+                timeout=math.ceil(request.deadline + JOB_SLACK),
+                heartbeat=math.ceil(self.timing.lost_after), ttl=math.ceil(self.settings.ttl))
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        if job is None:  # 144 random bits collided: astronomically unlikely, still not ours
+            raise JobsUnavailable("could not allocate a job id; try again")
+        return JobView(job_id, "queued", job.queued / 1000)
+
+    async def get(self, job_id: str) -> JobView | None:
+        try:
+            job = await self._queue.job(job_id)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return None if job is None else self._view(job)
+
+    async def cancel(self, job_id: str) -> JobView | None:
+        try:
+            job = await self._queue.cancel(job_id, CANCELED)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return None if job is None else self._view(job)
+
+    async def counts(self) -> dict[JobState, int]:
+        q = self._queue
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.llen(q._queued)
+                pipe.llen(q._active)
+                for state in FINISHED_STATES:
+                    pipe.zremrangebyscore(q.finished_keys[state], "-inf", time.time())
+                    pipe.zcard(q.finished_keys[state])
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        counts: dict[JobState, int] = {"queued": replies[0], "running": replies[1]}
+        for i, state in enumerate(FINISHED_STATES):
+            counts[cast(JobState, state)] = replies[3 + 2 * i]
+        return counts
+
+    async def close(self) -> None:
+        self._closing = True
+        self._queue.closing = True  # idle workers stop taking jobs
+        if self._worker is not None and self._worker_task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timing.grace):
+                    await self._idle.wait()
+            # SAQ cancels what still runs; `GatewayQueue._retry` records it as shut down.
+            await self._worker.stop()
+            await self._worker_task
+        try:
+            await self._queue.disconnect()
+        except RedisError as exc:  # Redis is down: say no goodbyes, still close every socket
+            log.warning("jobs: closing the Redis connection: %s", exc)
+            await self._redis.aclose()
+
+    async def _run(self, ctx: Context, *, request: dict[str, Any]) -> dict[str, Any]:
+        """The SAQ job function: replay the request here, heartbeat while it runs."""
+        assert self._execute is not None
+        job = ctx["job"]
+        self._running += 1
+        self._idle.clear()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                beat = tasks.create_task(self._beat(job))
+                try:
+                    outcome = await self._execute(JobRequest.from_json(request))
+                finally:
+                    beat.cancel()
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+        return outcome.to_json()
+
+    async def _beat(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.timing.heartbeat)
+            try:
+                await job.update()  # renews `touched`; see GatewayQueue._update
+            except RedisError as exc:
+                self._queue._redis_down(exc)
+
+    def _view(self, job: Job) -> JobView:
+        created = job.queued / 1000
+        started = job.started / 1000 if job.started else None
+        finished = job.completed / 1000 if job.completed else None
+        status = job.status
+        if status in (Status.NEW, Status.QUEUED):
+            return JobView(job.key, "queued", created, started)
+        if status == Status.ABORTING or (status == Status.ACTIVE and self._queue.is_lost(job)):
+            if job.error == CANCELED:
+                return JobView(job.key, "canceled", created, started, finished, error=CANCELED)
+            return JobView(job.key, "failed", created, started,
+                           job.touched / 1000 + self.timing.lost_after, error=LOST)
+        if status == Status.ACTIVE:
+            return JobView(job.key, "running", created, started)
+        if status == Status.COMPLETE:
+            return finished_view(job.key, created, started, finished,
+                                 Outcome.from_json(job.result))
+        error = job.error if job.error in _KNOWN_ERRORS else CRASHED
+        state: JobState = "canceled" if error == CANCELED else "failed"
+        return JobView(job.key, state, created, started, finished, error=error)
+
+
+def _unavailable(exc: RedisError) -> JobsUnavailable:
+    log.warning("jobs: Redis unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    return JobsUnavailable("the job store (Redis) is unavailable; jobs cannot be "
+                           "accepted or read right now")

@@ -1,0 +1,104 @@
+"""A job's request in and out of the gateway: captured when accepted, replayed where it runs.
+
+Only what the aggregation can use is captured: method, path, query string,
+body, request id, and the headers some upstream forwards or some placeholder
+reads (plus `X-Gateway-Strategy`). Cookies and other headers are never stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
+from werkzeug.datastructures import Headers, ImmutableMultiDict
+
+from .. import envelope
+from ..config import HOP_BY_HOP
+from ..context import HeaderMap, RequestContext
+from ..errors import RequestError
+from ..plan import Plan
+from .model import CRASHED, JobRequest, Outcome
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+    from ..routing import Target
+
+log = logging.getLogger("gateway.jobs")
+
+_ALWAYS = ("x-gateway-strategy", "content-type")
+
+
+def captured_headers(gw: Gateway) -> frozenset[str]:
+    """Incoming header names a job keeps: those the gateway could ever use."""
+    names = set(_ALWAYS)
+    for upstream in gw.config.upstreams.values():
+        names.update(upstream.forward_headers)
+    for target in gw.router.targets:
+        if isinstance(target, Plan):
+            names.update(c.ref.name for c in target.checks if c.ref.source == "header")
+    return frozenset(names - HOP_BY_HOP)
+
+
+def capture(gw: Gateway, target: Target, ctx: RequestContext, query_string: bytes,
+            body: bytes) -> JobRequest:
+    """The request behind `ctx`, as a job (called once the request has been validated)."""
+    keep = captured_headers(gw)
+    headers = tuple((name.lower(), value) for name, value in _items(ctx.headers)
+                    if name.lower() in keep)
+    return JobRequest(ctx.method, ctx.path, query_string.decode("latin-1"), headers, body,
+                      ctx.request_id, target.deadline or gw.config.gateway.deadline)
+
+
+class Runner:
+    """Runs one job's request through a gateway, in whichever process picked the job up."""
+
+    def __init__(self, gw: Gateway, max_result_bytes: int) -> None:
+        self._gw = gw
+        self._max_result_bytes = max_result_bytes
+
+    async def __call__(self, job: JobRequest) -> Outcome:
+        gw = self._gw
+        started = time.perf_counter()
+        headers = Headers([*job.headers, ("x-request-id", job.request_id)])
+        try:
+            target, params = gw.router.match(job.path, job.method)
+            query = ImmutableMultiDict(parse_qsl(
+                job.query.encode("latin-1").decode(errors="replace"), keep_blank_values=True,
+                errors="werkzeug.url_quote"))
+            ctx = gw.context(target, params, method=job.method, path=job.path, query=query,
+                             headers=headers, body=job.body, started=started)
+        except RequestError as error:  # e.g. the route went away in a config reload
+            return _failure(gw, job, headers, error.status, str(error), started)
+        try:
+            result = await gw.run(target, ctx)
+        except Exception:
+            log.exception("job for %s %s failed (request id %s)", job.method, job.path,
+                          job.request_id)
+            return Outcome(None, None, CRASHED)
+        size = len(envelope.dumps(result.body))
+        if size > self._max_result_bytes:
+            return Outcome(None, None, f"the result ({size} bytes) is over the "
+                                       f"{self._max_result_bytes}-byte limit for job results")
+        return Outcome(result.status, result.body)
+
+
+def _failure(gw: Gateway, job: JobRequest, headers: HeaderMap, status: int, message: str,
+             started: float) -> Outcome:
+    strategy = (headers.get("x-gateway-strategy") or "").strip().lower()
+    if strategy not in ("parallel", "sequential"):
+        strategy = gw.config.gateway.strategy
+    body = envelope.body(None, strategy=strategy, records=[],
+                         processing_ms=(time.perf_counter() - started) * 1000.0,
+                         complete=False, error=message)
+    return Outcome(status, body)
+
+
+def _items(headers: HeaderMap) -> list[tuple[str, str]]:
+    if isinstance(headers, Headers):
+        return list(headers.items())
+    assert isinstance(headers, Mapping)
+    return list(headers.items())

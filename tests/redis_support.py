@@ -1,0 +1,102 @@
+"""A real `redis-server` on a random loopback port, for the job-store tests.
+
+Skipped (with the reason) when the binary is missing, except under CI=true,
+where a missing Redis is a failure: CI installs it (`.ci/run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from support import free_port
+
+START_TIMEOUT = 10.0
+
+
+def redis_binary() -> str:
+    path = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if path is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class RedisServer:
+    """One redis-server process; `stop()` and `start()` again keep its port (and lose data)."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning",
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await self._wait(up=True)
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        await asyncio.wait_for(self.process.wait(), START_TIMEOUT)
+        await self._wait(up=False)
+
+    async def _wait(self, up: bool) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + START_TIMEOUT
+        while loop.time() < give_up:
+            if await self._answers() == up:
+                return
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not {'start' if up else 'stop'}")
+
+    async def _answers(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def running_redis(workdir: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_binary(), workdir)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until `condition()` holds; fail the test if it does not within `within` seconds."""
+    give_up = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > give_up:
+            pytest.fail(f"condition still false after {within}s")
+        await asyncio.sleep(0.01)
