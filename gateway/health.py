@@ -17,6 +17,7 @@ from quart import Response, g, request
 from .breaker import OPEN
 from .config import Config
 from .envelope import dumps
+from .jobs import publish_counts
 from .metrics import CONTENT_TYPE, UNMATCHED
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ def register(gw: Gateway) -> None:
         for upstream in runtime.upstreams.values():
             if upstream.breaker is not None and upstream.metrics is not None:
                 upstream.metrics.breaker_now(upstream.breaker.state)
+        await publish_counts(runtime)  # gateway_jobs_in_store{state}, from the job store
         text = await asyncio.to_thread(runtime.metrics.exposition)
         return Response(text, status=200, content_type=CONTENT_TYPE)
 

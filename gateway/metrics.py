@@ -13,6 +13,8 @@
     gateway_cache_hits_total / gateway_cache_misses_total{upstream}
     gateway_singleflight_shared_total{upstream}                  calls served by another's call
     gateway_jobs_total{state}                                    jobs that entered each state
+    gateway_jobs_in_store{state}                                 jobs in the store now (all
+                                                                 processes sharing it)
     gateway_config_reloads_total{result}                         SIGHUP reloads, ok / refused
 
 `outcome` is ok, cached, client_error (an upstream 4xx), error, timeout or circuit_open.
@@ -28,6 +30,7 @@ whichever worker answers, adds up every worker's. Without it each worker counts 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -115,6 +118,10 @@ class Metrics:
                               ["upstream"], registry=r)
         self.jobs = Counter("gateway_jobs", "Jobs that entered each state.", ["state"],
                             registry=r)
+        # Read from the store at each scrape: already deployment-wide, so the latest wins.
+        self.jobs_in_store = Gauge("gateway_jobs_in_store",
+                                   "Jobs in the job store by state, whole deployment.",
+                                   ["state"], multiprocess_mode="livemostrecent", registry=r)
         self.reloads = Counter("gateway_config_reloads", "Config reloads, by result.",
                                ["result"], registry=r)
         for result in ("ok", "refused"):
@@ -141,6 +148,11 @@ class Metrics:
     def job(self, state: str) -> None:
         """Count a job entering `state` (queued, running, succeeded, failed, canceled...)."""
         self.jobs.labels(state).inc()
+
+    def job_counts(self, counts: Mapping[str, int]) -> None:
+        """The job store's current count of jobs per state."""
+        for state, count in counts.items():
+            self.jobs_in_store.labels(state).set(count)
 
     def exposition(self) -> bytes:
         """The text format; reads files in multiprocess mode, so run it off the event loop."""

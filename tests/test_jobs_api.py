@@ -262,3 +262,17 @@ async def test_redis_down_job_requests_503_plain_aggregation_works_then_recovers
         assert job["status"] == "succeeded"
     finally:
         await redis.stop()
+
+
+async def test_job_states_in_metrics(upstream: UpstreamFactory,
+                                     gateway_client: GatewayClientFactory) -> None:
+    users = await upstream(reply({"id": 1}))
+    client = await gateway_client(jobs_config(
+        {"users": users}, endpoint("/u", call("u", "users", "/"))))
+    url = (await (await client.get("/u", headers=ASYNC)).get_json())["status_url"]
+    await poll(client, url)
+    text = (await (await client.get("/metrics")).get_data()).decode()
+    assert 'gateway_jobs_in_store{state="succeeded"} 1.0' in text
+    assert 'gateway_jobs_in_store{state="running"} 0.0' in text
+    assert 'gateway_jobs_total{state="queued"} 1.0' in text
+    assert 'gateway_jobs_total{state="succeeded"} 1.0' in text

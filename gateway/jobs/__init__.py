@@ -8,7 +8,7 @@
     redis_store.py  store = "redis://...": every process, on SAQ (see _saq.py)
 """
 
-from .api import register, respond_async
+from .api import publish_counts, register, respond_async
 from .model import STATES, JobRequest, JobState, JobView, Outcome
 from .store import (
     JobsBusy,
@@ -33,6 +33,7 @@ __all__ = [
     "Outcome",
     "Timing",
     "open_store",
+    "publish_counts",
     "register",
     "respond_async",
 ]

@@ -23,6 +23,7 @@ from .store import JobsError, JobStore, Timing, open_store
 if TYPE_CHECKING:
     from ..app import Gateway
     from ..routing import Target
+    from ..runtime import Runtime
 
 POLL_AFTER = 1  # seconds: Retry-After while a job is unfinished
 
@@ -75,6 +76,7 @@ async def respond_async(gw: Gateway, target: Target, ctx: RequestContext,
         view = await store.submit(capture(gw, target, ctx, request.query_string, body))
     except JobsError as error:
         return _aggregate_error(gw, ctx, 503, str(error), error.retry_after)
+    _count(gw, "queued")
     url = f"/jobs/{view.id}"
     out = {"id": view.id, "status": view.state, "status_url": url,
            "created_at": view.to_json()["created_at"]}
@@ -111,7 +113,24 @@ async def cancel(gw: Gateway, job_id: str) -> Response:
         out = view.to_json()
         out["error"] = f"the job already finished ({view.state}); nothing to cancel"
         return _json(out, 409)
+    _count(gw, "canceled")
     return _json(view.to_json(), 202)
+
+
+async def publish_counts(runtime: Runtime) -> None:
+    """Set `gateway_jobs_in_store{state}` from the store; left as it was while unreachable."""
+    if runtime.jobs is None:
+        return
+    try:
+        counts = await runtime.jobs.counts_by_state()
+    except JobsError:
+        return
+    runtime.metrics.job_counts(counts)
+
+
+def _count(gw: Gateway, state: str) -> None:
+    if gw.runtime is not None:
+        gw.runtime.metrics.job(state)
 
 
 def _store(gw: Gateway) -> JobStore | None:

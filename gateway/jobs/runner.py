@@ -72,18 +72,29 @@ class Runner:
             ctx = gw.context(target, params, method=job.method, path=job.path, query=query,
                              headers=headers, body=job.body, started=started)
         except RequestError as error:  # e.g. the route went away in a config reload
-            return _failure(gw, job, headers, error.status, str(error), started)
+            return self._counted(_failure(gw, job, headers, error.status, str(error), started))
+        self._count("running")
         try:
             result = await gw.run(target, ctx)
         except Exception:
             log.exception("job for %s %s failed (request id %s)", job.method, job.path,
                           job.request_id)
-            return Outcome(None, None, CRASHED)
+            return self._counted(Outcome(None, None, CRASHED))
         size = len(envelope.dumps(result.body))
         if size > self._max_result_bytes:
-            return Outcome(None, None, f"the result ({size} bytes) is over the "
-                                       f"{self._max_result_bytes}-byte limit for job results")
-        return Outcome(result.status, result.body)
+            return self._counted(Outcome(
+                None, None, f"the result ({size} bytes) is over the "
+                            f"{self._max_result_bytes}-byte limit for job results"))
+        return self._counted(Outcome(result.status, result.body))
+
+    def _counted(self, outcome: Outcome) -> Outcome:
+        self._count(outcome.state)
+        return outcome
+
+    def _count(self, state: str) -> None:
+        runtime = self._gw.runtime
+        if runtime is not None:
+            runtime.metrics.job(state)
 
 
 def _failure(gw: Gateway, job: JobRequest, headers: HeaderMap, status: int, message: str,
