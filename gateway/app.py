@@ -134,11 +134,17 @@ class Gateway:
                                 outcome.extra_headers)
         data: Any = {c.name: outcome.results.get(c.name) for c in plan.calls}
         if plan.combine is not None:
+            # The hook shares the request's deadline: a hanging hook is a 504, not a hang.
+            left = deadline - (time.perf_counter() - ctx.started)
             try:
-                if plan.combine_is_async:
-                    data = await plan.combine(data, ctx)
-                else:  # a sync hook runs in a thread so it can never stall the loop
-                    data = await asyncio.to_thread(plan.combine, data, ctx)
+                async with asyncio.timeout(max(left, 0.001)):
+                    if plan.combine_is_async:
+                        data = await plan.combine(data, ctx)
+                    else:  # a sync hook runs in a thread so it can never stall the loop
+                        data = await asyncio.to_thread(plan.combine, data, ctx)
+            except TimeoutError:
+                return self._result(ctx, 504, None, records,
+                                    f"deadline of {deadline:g}s passed in the combine hook")
             except Exception:
                 log.exception("combine hook failed (request id %s)", ctx.request_id)
                 return self._result(ctx, 500, None, records,
@@ -224,11 +230,11 @@ class Gateway:
         app.register_error_handler(Exception, self._internal_error)
         stream.register(self)
         dashboard.register(self)
-        jobs.register(self)
         openapi.register(self)  # /_gateway/openapi.json
         # Ambiguous framing (Content-Length + Transfer-Encoding) is refused before Quart runs.
         app.asgi_app = guard.FramingGuard(  # type: ignore[method-assign]
             app.asgi_app, lambda: self.config.gateway.strategy)
+        jobs.register(self)
         reload.register(self)  # SIGHUP
         if self.config.gateway.cors_origins:
             app.after_request(self._cors)
@@ -236,7 +242,7 @@ class Gateway:
     async def _dispatch(self, _path: str = "") -> Response:
         started = time.perf_counter()
         headers = request.headers
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" and self._is_preflight():
             return self._preflight()
         try:
             target, params = self.router.match(request.path, request.method)
@@ -279,10 +285,13 @@ class Gateway:
         return self._error(500, f"internal error (request id {rid})", request.headers,
                            time.perf_counter())
 
-    def _preflight(self) -> Response:
+    def _is_preflight(self) -> bool:
+        """A CORS preflight from an allowed origin; any other OPTIONS is routed (405)."""
         origin = request.headers.get("origin")
-        if origin is None or not self._origin_allowed(origin):
-            return Response(b"", status=204)
+        return (origin is not None and "access-control-request-method" in request.headers
+                and self._origin_allowed(origin))
+
+    def _preflight(self) -> Response:
         response = Response(b"", status=204)
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
         response.headers["Access-Control-Allow-Headers"] = request.headers.get(

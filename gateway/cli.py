@@ -163,6 +163,7 @@ def _demo_banner(base: str, urls: dict[str, str]) -> str:
         f"  curl -s {base}/profile/7        # a Python combine hook",
         f"  curl -s {base}/summary/7        # a code-defined endpoint (@gw.aggregate)",
         f"  curl -si {base}/dashboard/0     # an upstream 404 passed through",
+        f"  curl -s {base}/team/1/2/3       # three keyed calls batched into one upstream call",
         f"  gateway bench --url {base} /dashboard/7",
         "Ctrl-C stops it.",
     ]

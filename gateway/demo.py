@@ -236,6 +236,15 @@ def demo_config(urls: dict[str, str]) -> dict[str, Any]:
                 "combine": "gateway.demo:combine_profile",
                 "calls": [dict(user_call), dict(account_call)],
             },
+            {
+                # Three keyed calls, one upstream request: GET /users?ids=a,b,c (batching).
+                "route": "/team/<int:a>/<int:b>/<int:c>",
+                "method": "GET",
+                "calls": [
+                    {"name": f"member_{key}", "upstream": "users", "batch_key": "{" + key + "}"}
+                    for key in ("a", "b", "c")
+                ],
+            },
         ],
     }
 

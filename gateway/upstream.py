@@ -25,6 +25,7 @@ import httpx
 import orjson
 
 from .batch import Batcher
+from .body import BodyTooLarge, BodyUndecodable, CappedBody
 from .breaker import CircuitBreaker, counts_as_failure
 from .cache import ReplyCache, SingleFlight, vary_key
 from .config import HOP_BY_HOP, GatewaySettings, UpstreamConfig
@@ -307,14 +308,18 @@ class Upstream:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             raise self._too_large(response.status_code)
-        chunks: list[bytes] = []
-        size = 0
         try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise self._too_large(response.status_code)
-                chunks.append(chunk)
+            body = CappedBody(response.headers.get("content-encoding", ""), self.max_bytes)
+            async for chunk in response.aiter_raw():
+                body.feed(chunk)
+            return body.finish()
+        except BodyTooLarge:
+            raise self._too_large(response.status_code) from None
+        except BodyUndecodable as exc:
+            raise UpstreamBadReply(
+                f"upstream '{self.name}' sent a body that cannot be decoded ({exc})",
+                response.status_code,
+            ) from None
         except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"upstream '{self.name}' timed out after {self.timeout:g}s"
@@ -329,7 +334,6 @@ class Upstream:
                 f"upstream '{self.name}' broke off its reply ({type(exc).__name__})",
                 response.status_code,
             ) from exc
-        return b"".join(chunks)
 
     def _too_large(self, status: int) -> CallError:
         return UpstreamBadReply(

@@ -142,7 +142,8 @@ def test_demo_config_shape() -> None:
     assert config["gateway"] == {"strategy": "parallel", "timeout": 2.0, "deadline": 5.0}
     assert {name: up["url"] for name, up in config["upstreams"].items()} == urls
     assert config["upstreams"]["users"]["batch"]["param"] == "ids"
-    dashboard, profile = config["endpoints"]
+    dashboard, profile, team = config["endpoints"]
+    assert [call["batch_key"] for call in team["calls"]] == ["{a}", "{b}", "{c}"]
     assert dashboard["route"] == "/dashboard/<int:user_id>"
     calls = {call["name"]: call for call in dashboard["calls"]}
     assert list(calls) == ["user", "orders", "recommendations", "account"]
@@ -162,3 +163,21 @@ def test_combine_profile_merges_user_and_account() -> None:
     merged = combine_profile(results, None)
     assert merged["name"] == "Ada Lovelace"
     assert (merged["balance"], merged["currency"]) == (12.5, "EUR")
+
+
+async def test_demo_team_route_batches_three_keys_into_one_upstream_call() -> None:
+    from gateway.app import Gateway
+
+    demo = await start_demo_upstreams(scale=0.01)
+    try:
+        gw = Gateway(demo_config(demo.urls))
+        async with gw.app.test_app() as app:
+            before = demo.servers["users"].requests
+            response = await app.test_client().get("/team/1/2/3")
+            body = await response.get_json()
+        assert response.status_code == 200
+        assert [body["data"][f"member_{k}"]["id"] for k in "abc"] == [1, 2, 3]
+        assert {c["batch"] for c in body["meta"]["calls"].values()} == {3}
+        assert demo.servers["users"].requests - before == 1
+    finally:
+        await demo.close()

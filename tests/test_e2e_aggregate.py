@@ -458,7 +458,11 @@ def hooks_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
         "    raise RuntimeError('secret internal detail ' + str(results))\n"
         "\n"
         "async def total(results, ctx):\n"
-        "    return {'n': sum(v['n'] for v in results.values()), 'rid': ctx.request_id}\n")
+        "    return {'n': sum(v['n'] for v in results.values()), 'rid': ctx.request_id}\n"
+        "\n"
+        "async def hang(results, ctx):\n"
+        "    import asyncio\n"
+        "    await asyncio.sleep(30)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name
     sys.modules.pop(name, None)
@@ -747,3 +751,38 @@ async def test_diamond_dependencies_start_after_the_last_one_they_need(
     assert calls["left"]["start_ms"] == pytest.approx(calls["right"]["start_ms"], abs=20)
     assert calls["last"]["start_ms"] >= calls["right"]["start_ms"] + 190
     assert calls["last"]["start_ms"] < 400
+
+
+async def test_hanging_combine_hook_is_504_within_the_deadline(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory, hooks_module: str
+) -> None:
+    a = await upstream(reply({"n": 1}))
+    client = await gateway_client(make_config(
+        {"a": a}, endpoint("/hang", call("a", "a"), combine=f"{hooks_module}:hang"),
+        deadline=0.5))
+    started = time.perf_counter()
+    response = await client.get("/hang")
+    assert response.status_code == 504
+    assert time.perf_counter() - started < 3.0
+    body = await body_of(response)
+    assert_error_envelope(body)
+    assert "combine hook" in body["error"]
+
+
+async def test_options_is_a_preflight_only_for_allowed_origins(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    a = await upstream(reply({"n": 1}))
+    client = await gateway_client(make_config(
+        {"a": a}, endpoint("/x", call("a", "a")), cors_origins=["http://app.test"]))
+    preflight = {"Origin": "http://app.test", "Access-Control-Request-Method": "GET"}
+    allowed = await client.options("/x", headers=preflight)
+    assert allowed.status_code == 204
+    assert "GET" in allowed.headers["Access-Control-Allow-Methods"]
+    stranger = await client.options("/x", headers={**preflight, "Origin": "http://evil.test"})
+    assert stranger.status_code == 405
+    assert "Access-Control-Allow-Methods" not in stranger.headers
+    plain = await client.options("/x")
+    assert plain.status_code == 405
+    assert_error_envelope(await body_of(plain))
+    assert a.requests == 0
