@@ -1,4 +1,4 @@
-"""`gateway serve | demo | check | bench`: argument parsing and hand-off, nothing else."""
+"""`gateway serve | worker | demo | check | bench`: argument parsing and hand-off, nothing else."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--hypercorn-config", default=DEFAULT_HYPERCORN,
                        help="Hypercorn settings file (used if it exists)")
 
+    worker = sub.add_parser("worker", help="run background jobs from a Redis store, no HTTP")
+    worker.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    worker.add_argument("--app", help="MODULE:ATTR of a Gateway with code-defined endpoints")
+
     demo = sub.add_parser("demo", help="built-in demo upstreams and a gateway in front")
     demo.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT for the gateway")
 
@@ -42,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "worker":
+        if _check_quietly(args.config) != 0:
+            return 2
+        from .jobs import worker as job_worker
+
+        return job_worker.run(args.config, args.app)
     if args.command == "demo":
         return _demo(args)
     if args.command == "check":
