@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	@command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq wrk) || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 	$(BIN)/python benchmarks/run.py
+	GATEWAY_LOAD_REQUESTS=10000 $(BIN)/pytest -q -s tests/test_load.py  # the 10k storm
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
