@@ -7,6 +7,7 @@ no-store`: a result may hold private data, and its id is the only key to it.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,10 @@ from quart import Response, request
 from .. import envelope
 from ..config import STRATEGIES
 from ..context import RequestContext
+from ..errors import ConfigError
 from .model import valid_job_id
 from .runner import Runner, capture
-from .store import JobsError, JobStore, Timing, open_store
+from .store import REDIS_MISSING, JobsError, JobStore, Timing, open_store, redis_available
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -31,6 +33,11 @@ POLL_AFTER = 1  # seconds: Retry-After while a job is unfinished
 def register(gw: Gateway) -> None:
     """Wire jobs into a gateway's app; called once from `Gateway._wire`."""
     app = gw.app
+    if gw.config.jobs.store != "memory":
+        if not redis_available():  # a Config built in code skipped load_config's check
+            raise ConfigError([f"jobs.store: {REDIS_MISSING}"])
+        # Import redis-py and SAQ now, not on the event loop when the app starts.
+        importlib.import_module(".redis_store", __package__)
 
     @app.while_serving
     async def serve_jobs() -> AsyncGenerator[None, None]:
