@@ -117,7 +117,7 @@ async def test_kill_9_of_the_running_process_fails_the_job_in_bounded_time(
     assert failed["status"] == "failed"
     assert failed["error"] == LOST
     # Documented bound: reported within 3 heartbeats (plus one for timing slack).
-    assert time.monotonic() - killed < 4 * HEARTBEAT + 1.0
+    assert time.monotonic() - killed < 4 * HEARTBEAT + 1.5
     metrics = await eventually_text(http, survivor, 'gateway_jobs_in_store{state="failed"} 1.0')
     assert 'gateway_jobs_in_store{state="running"} 0.0' in metrics  # swept: slot freed
 
@@ -172,6 +172,7 @@ async def test_sigterm_lets_running_jobs_finish_within_grace_then_fails_the_rest
     assert time.monotonic() - sent < GRACE + 5
     assert (await status(http, staying, quick))["status"] == "succeeded"
     failed = await status(http, staying, slow)
+    assert failed["started_at"] is not None
     assert failed["status"] == "failed"
     assert failed["error"] == SHUTDOWN
     after = await submit(http, staying, 0)  # the deployment still takes jobs

@@ -182,9 +182,10 @@ class GatewayQueue(RedisQueue):
         async def plan(stored: Job | None, pipe: Pipeline) -> _Write | None:
             if stored is not None and stored.status in TERMINAL_STATUSES:
                 return None  # the first verdict stands
+            if stored is not None:
+                job.started = job.started or stored.started  # SAQ's retry path zeroes it
             if stored is not None and stored.status == Status.ABORTING:
                 job.status, job.error, job.result = Status.ABORTED, stored.error, None
-                job.started = job.started or stored.started
             elif job.status == Status.FAILED:  # SAQ's error is a traceback: never shown
                 job.error = _failure_reason(job.error)
             return lambda p: self._finish_ops(p, job)
