@@ -271,7 +271,7 @@ async def test_job_states_in_metrics(upstream: UpstreamFactory,
         {"users": users}, endpoint("/u", call("u", "users", "/"))))
     url = (await (await client.get("/u", headers=ASYNC)).get_json())["status_url"]
     await poll(client, url)
-    text = (await (await client.get("/metrics")).get_data()).decode()
+    text = await (await client.get("/metrics")).get_data(as_text=True)
     assert 'gateway_jobs_in_store{state="succeeded"} 1.0' in text
     assert 'gateway_jobs_in_store{state="running"} 0.0' in text
     assert 'gateway_jobs_total{state="queued"} 1.0' in text
