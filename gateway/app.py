@@ -304,7 +304,8 @@ class Gateway:
         if origin is not None and self._origin_allowed(origin):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = (
-                "Server-Timing, X-Processing-Time-Ms, X-Request-ID")
+                "Server-Timing, X-Processing-Time-Ms, X-Request-ID, Location, Retry-After, "
+                "Preference-Applied")
             response.headers["Timing-Allow-Origin"] = origin
             response.vary.add("Origin")
         return response

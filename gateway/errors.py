@@ -11,6 +11,9 @@
           ├── UpstreamBadReply   non-JSON or oversize body (502)
           └── CircuitOpen        the upstream's breaker is open (503 + Retry-After)
 
+The job API's own errors (`JobsError` and its subclasses) also derive from
+`GatewayError`; they are drawn in `gateway/jobs/store.py`.
+
 A `CallError` says both what happened to the call (`status`, the upstream's
 own status if it answered) and what a required failure makes of the whole
 request (`gateway_status`). Messages are one line, safe to show a client:

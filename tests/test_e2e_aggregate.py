@@ -786,3 +786,17 @@ async def test_options_is_a_preflight_only_for_allowed_origins(
     assert plain.status_code == 405
     assert_error_envelope(await body_of(plain))
     assert a.requests == 0
+
+
+async def test_cors_exposes_timing_and_job_headers_to_allowed_origins(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    a = await upstream(reply({"n": 1}))
+    client = await gateway_client(make_config(
+        {"a": a}, endpoint("/x", call("a", "a")), cors_origins=["http://app.test"]))
+    response = await client.get("/x", headers={"Origin": "http://app.test"})
+    assert response.headers["Access-Control-Allow-Origin"] == "http://app.test"
+    exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"Server-Timing", "X-Request-ID", "Location", "Retry-After"} <= exposed
+    other = await client.get("/x", headers={"Origin": "http://evil.test"})
+    assert "Access-Control-Allow-Origin" not in other.headers
