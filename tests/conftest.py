@@ -29,13 +29,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
 from quart import Quart
 from quart.typing import TestClientProtocol
 from support import (
@@ -57,6 +58,25 @@ from gateway import Gateway
 from gateway._httpserver import Handler
 
 READY_TIMEOUT = 20.0  # seconds for a subprocess to answer /healthz (spawned workers are slow)
+
+# blockbuster: a blocking call (sync I/O, time.sleep, ...) made on an event loop's thread with
+# one of these packages on the stack fails with BlockingError. They are the code that handles
+# a request; tests and fixtures themselves may block.
+REQUEST_PATH = ["gateway", "quart", "hypercorn", "werkzeug", "aiohttp", "httpx"]
+BLOCKING_ALLOWED = [  # (file, functions): blocking below these frames is fine
+    ("gateway/app.py", ["__init__"]),  # building a Gateway (config file, Quart app): start-up
+    ("redis/utils.py", ["get_lib_version"]),  # redis-py reads its version per new connection
+    ("prometheus_client/process_collector.py", ["collect"]),  # /proc/self: memory, no disk
+]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_blocking_on_the_event_loop() -> Iterator[BlockBuster]:
+    with blockbuster_ctx(REQUEST_PATH) as detector:
+        for function in detector.functions.values():
+            for filename, names in BLOCKING_ALLOWED:
+                function.can_block_in(filename, names)
+        yield detector
 
 
 @pytest.fixture

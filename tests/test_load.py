@@ -40,7 +40,8 @@ QUIT_EVERY = 50  # every Nth request is a client that hangs up mid-request
 @contextlib.asynccontextmanager
 async def hypercorn_in_loop(app: Quart) -> AsyncIterator[str]:
     """Serve `app` with Hypercorn in this event loop; yields its base URL."""
-    config = HypercornConfig.from_toml(REPO / "hypercorn.toml")  # the shipped settings...
+    # The shipped settings (read off the loop: it is a file)...
+    config = await asyncio.to_thread(HypercornConfig.from_toml, REPO / "hypercorn.toml")
     # ... but a connection the client closed lingers in Hypercorn until keep_alive_timeout;
     # a short one lets the task count settle in a second, not five.
     config.keep_alive_timeout = 1.0
