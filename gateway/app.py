@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from quart import Quart, Response, g, request
+from quart import Quart, Response, g, has_request_context, has_websocket_context, request, websocket
 from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
@@ -277,12 +277,13 @@ class Gateway:
             message = f"request body over {self.config.gateway.max_request_bytes} bytes"
         else:
             message = (error.description or error.name or "error").splitlines()[0]
-        return self._error(status, message, request.headers, time.perf_counter())
+        return self._error(status, message, _incoming_headers(), time.perf_counter())
 
     async def _internal_error(self, error: Exception) -> Response:
-        rid = request_id(request.headers)
+        headers = _incoming_headers()
+        rid = request_id(headers)
         log.error("unhandled error (request id %s)", rid, exc_info=error)
-        return self._error(500, f"internal error (request id {rid})", request.headers,
+        return self._error(500, f"internal error (request id {rid})", headers,
                            time.perf_counter())
 
     def _is_preflight(self) -> bool:
@@ -318,6 +319,13 @@ class Gateway:
 def create_app(config: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Quart:
     """The ASGI app for a config path, a dict of the TOML's shape, or a `Config`."""
     return Gateway(config).app
+
+
+def _incoming_headers() -> HeaderMap:
+    """The headers of what is being handled: error handlers serve HTTP and WebSocket alike."""
+    if has_request_context():
+        return request.headers
+    return websocket.headers if has_websocket_context() else {}
 
 
 def request_id(headers: HeaderMap) -> str:

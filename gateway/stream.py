@@ -27,7 +27,7 @@ import orjson
 from quart import Response, websocket
 from werkzeug.datastructures import MultiDict
 
-from . import envelope
+from . import envelope, guard
 from .config import STRATEGIES
 from .context import HeaderMap
 from .envelope import CallRecord
@@ -170,7 +170,8 @@ class _Connection:
             if strategy not in STRATEGIES:
                 raise ProtocolError("'strategy' must be 'parallel' or 'sequential'", rid)
             headers["x-gateway-strategy"] = strategy
-        body = b"" if message.get("body") is None else envelope.dumps(message["body"])
+        body = (b"" if message.get("body") is None
+                else envelope.dumps(guard.bounded_body(message["body"])))
         url = urlsplit(path)
         query = MultiDict(parse_qsl(url.query, keep_blank_values=True))
         target, params = self.gw.router.match(unquote(url.path), method.upper())

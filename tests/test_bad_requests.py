@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from hypercorn.config import Config as HypercornConfig
+from quart.testing.connections import WebsocketResponseError
 from support import (
     REPO,
     GatewayClientFactory,
@@ -327,4 +328,53 @@ async def test_slow_loris_is_disconnected_within_keep_alive_timeout(
     writer.close()
     assert closed_after is not None
     assert closed_after <= bound + 1.5
+    assert up.requests == 0
+
+
+# -- the WebSocket: a bad message gets an error line and the socket stays open ---------------
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        ("[" * 300 + "]" * 300, "deeper than"),  # past what orjson encodes
+        ("[" * 70 + "]" * 70, "deeper than"),
+        ('{"id": "..", "lines": []}', "'..'"),
+        ('{"lines": []}', "body.id"),
+    ],
+    ids=["300-deep", "70-deep", "dots", "missing"],
+)
+async def test_bad_websocket_body_is_an_error_message_and_the_socket_stays_open(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory, body: str, mentions: str
+) -> None:
+    up = await upstream(echo)
+    client = await gateway_client(_config(up))
+    async with client.websocket("/ws") as ws:
+        await ws.send('{"id": "bad", "path": "/orders", "method": "POST", "body": '
+                      + body + "}")
+        async with asyncio.timeout(5):
+            error = orjson.loads(await ws.receive())
+        assert error["type"] == "error"
+        assert error["id"] == "bad"
+        assert mentions in error["error"]
+        await ws.send('{"id": "ok", "path": "/x"}')
+        async with asyncio.timeout(5):
+            while (message := orjson.loads(await ws.receive()))["type"] != "result":
+                pass
+        assert message["id"] == "ok"
+        assert message["status"] == 200
+    assert up.requests == 1
+
+
+async def test_websocket_to_an_unknown_path_is_refused_with_the_envelope(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    up = await upstream(echo)
+    client = await gateway_client(_config(up))
+    with pytest.raises(WebsocketResponseError) as refused:
+        async with asyncio.timeout(5), client.websocket("/nope") as ws:
+            await ws.send("{}")
+    response = refused.value.response
+    assert 400 <= response.status_code < 500
+    assert_refused(response.status_code, await response.get_json(), response.status_code)
     assert up.requests == 0
