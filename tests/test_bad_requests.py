@@ -139,6 +139,38 @@ async def test_oversize_body_is_413_before_it_is_read(
     assert up.requests == 0
 
 
+async def test_body_dribbled_past_the_body_timeout_is_408_and_nothing_is_sent(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    up = await upstream(echo)
+    gw = Gateway(_config(up))
+    assert gw.app.config["BODY_TIMEOUT"] == 60  # Quart's bound on receiving a whole body
+    gw.app.config["BODY_TIMEOUT"] = 0.3  # ... shortened so the test need not wait a minute
+    await gateway_client(gw)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.1)  # one byte every 100 ms, for ever
+        return {"type": "http.request", "body": b"{", "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/orders", "raw_path": b"/orders",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "extensions": {},
+             "headers": [(b"host", b"gw"), (b"content-length", b"1000")]}
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        await gw.app(scope, receive, send)
+    assert time.monotonic() - started < 2
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert_refused(start["status"], orjson.loads(raw), 408)
+    assert up.requests == 0
+
+
 # -- headers and framing, in-process (the ASGI app as any server would call it) --------------
 
 
