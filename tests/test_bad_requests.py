@@ -147,27 +147,18 @@ async def test_body_dribbled_past_the_body_timeout_is_408_and_nothing_is_sent(
     assert gw.app.config["BODY_TIMEOUT"] == 60  # Quart's bound on receiving a whole body
     gw.app.config["BODY_TIMEOUT"] = 0.3  # ... shortened so the test need not wait a minute
     await gateway_client(gw)
-    sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def dribble() -> dict[str, Any]:
         await asyncio.sleep(0.1)  # one byte every 100 ms, for ever
         return {"type": "http.request", "body": b"{", "more_body": True}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/orders", "raw_path": b"/orders",
-             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 80), "extensions": {},
-             "headers": [(b"host", b"gw"), (b"content-length", b"1000")]}
     started = time.monotonic()
     async with asyncio.timeout(5):
-        await gw.app(scope, receive, send)
+        status, _, raw = await _asgi(gw.app, "POST", "/orders",
+                                     [(b"host", b"gw"), (b"content-length", b"1000")],
+                                     receive=dribble)
     assert time.monotonic() - started < 2
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    assert_refused(start["status"], orjson.loads(raw), 408)
+    assert_refused(status, orjson.loads(raw), 408)
     assert up.requests == 0
 
 
@@ -175,13 +166,14 @@ async def test_body_dribbled_past_the_body_timeout_is_408_and_nothing_is_sent(
 
 
 async def _asgi(app: Callable[..., Awaitable[None]], method: str, path: str,
-                headers: list[tuple[bytes, bytes]], body: bytes = b""
+                headers: list[tuple[bytes, bytes]], body: bytes = b"",
+                receive: Callable[[], Awaitable[dict[str, Any]]] | None = None
                 ) -> tuple[int, dict[bytes, bytes], bytes]:
     """One request straight through the ASGI interface, headers exactly as given."""
     sent: list[dict[str, Any]] = []
     chunks = [{"type": "http.request", "body": body, "more_body": False}]
 
-    async def receive() -> dict[str, Any]:
+    async def whole_body() -> dict[str, Any]:
         if chunks:
             return chunks.pop(0)
         await asyncio.Event().wait()  # the client stays until the response is done
@@ -194,7 +186,7 @@ async def _asgi(app: Callable[..., Awaitable[None]], method: str, path: str,
              "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
              "query_string": b"", "root_path": "", "headers": headers,
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "extensions": {}}
-    await app(scope, receive, send)
+    await app(scope, receive or whole_body, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], dict(start["headers"]), body_out
