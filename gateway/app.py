@@ -349,7 +349,7 @@ def _wants_body(target: Target) -> bool:
 
 def _parse_json(body: bytes) -> Any:
     try:
-        return guard.bounded_body(orjson.loads(body))
+        return guard.bounded_body(orjson.loads(body), body)
     except orjson.JSONDecodeError as exc:
         raise RequestError(f"request body is not valid JSON: {str(exc).splitlines()[0]}"
                            ) from None

@@ -21,6 +21,7 @@ and at the upstream boundary (replies, 502) keeps every later `dumps` safe.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,17 +39,20 @@ MAX_HEADER_BYTES = 16 * 1024  # names + values, as hypercorn.toml's h11_max_inco
 MAX_TARGET_BYTES = 8 * 1024  # path + query string
 
 _ORJSON_MAX_DEPTH = 254  # the deepest value orjson.dumps encodes (documented limit: 255)
-_BAD_VALUE_BYTES = (b"\r", b"\n", b"\x00")
+_CONTROL = re.compile(rb"[\r\n\x00]")
 
 
-def too_deep(value: Any, limit: int) -> bool:
-    """True if `value` nests objects/arrays more than `limit` levels deep.
+def too_deep(value: Any, limit: int, raw: bytes | None = None) -> bool:
+    """True if `value` (parsed from `raw`, if given) nests more than `limit` levels deep.
 
-    orjson stops encoding at a fixed depth; wrapped in `254 - limit` lists, the
-    value encodes only if it is at most `limit` deep. That is the whole check,
-    at C speed (about a fifth of parsing the same bytes), with no Python recursion.
+    A document with at most `limit` brackets cannot, which settles most at once.
+    Otherwise: orjson stops encoding at a fixed depth, so wrapped in `254 - limit`
+    lists the value encodes only if it is at most `limit` deep. That is the whole
+    check, at C speed (about half the cost of parsing), with no Python recursion.
     """
     if not isinstance(value, (dict, list)):
+        return False
+    if raw is not None and raw.count(b"[") + raw.count(b"{") <= limit:
         return False
     wrapped = value
     for _ in range(_ORJSON_MAX_DEPTH - limit):
@@ -67,14 +71,14 @@ class TooDeep(ValueError):
 def loads_reply(raw: bytes) -> Any:
     """An upstream reply parsed; `TooDeep` past `MAX_REPLY_DEPTH` (a 502 for the call)."""
     value = orjson.loads(raw)
-    if too_deep(value, MAX_REPLY_DEPTH):
+    if too_deep(value, MAX_REPLY_DEPTH, raw):
         raise TooDeep(f"nested deeper than {MAX_REPLY_DEPTH} levels")
     return value
 
 
-def bounded_body(value: Any) -> Any:
+def bounded_body(value: Any, raw: bytes | None = None) -> Any:
     """A parsed request body, or a 400 if it nests deeper than `MAX_REQUEST_DEPTH`."""
-    if too_deep(value, MAX_REQUEST_DEPTH):
+    if too_deep(value, MAX_REQUEST_DEPTH, raw):
         raise RequestError(f"request body is nested deeper than {MAX_REQUEST_DEPTH} levels")
     return value
 
@@ -86,15 +90,14 @@ def framing_problem(headers: Iterable[tuple[bytes, bytes]], target: int = 0
         return 414, f"request target is longer than {MAX_TARGET_BYTES} bytes"
     length = chunked = False
     size = 0
-    for name, value in headers:
+    for name, value in headers:  # a few microseconds for a browser's dozen headers
         size += len(name) + len(value) + 4
-        if any(bad in value for bad in _BAD_VALUE_BYTES):
+        if _CONTROL.search(value) is not None:
             return 400, f"header {name.decode('latin-1')!r} holds CR, LF or NUL"
-        lower = name.lower()
-        if lower == b"content-length":
-            length = True
-        elif lower == b"transfer-encoding":
-            chunked = True
+        if len(name) in (14, 17):  # only these two names matter here
+            lower = name.lower()
+            length = length or lower == b"content-length"
+            chunked = chunked or lower == b"transfer-encoding"
     if size > MAX_HEADER_BYTES:
         return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
     if length and chunked:

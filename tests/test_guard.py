@@ -50,7 +50,9 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(value=json_values, limit=st.integers(min_value=1, max_value=12))
 def test_too_deep_agrees_with_the_reference_walk(value: Any, limit: int) -> None:
-    assert too_deep(value, limit) == (depth(value) > limit)
+    expected = depth(value) > limit
+    assert too_deep(value, limit) == expected
+    assert too_deep(value, limit, orjson.dumps(value)) == expected  # the bracket-count shortcut
 
 
 @settings(max_examples=60, deadline=None)
