@@ -115,7 +115,7 @@ class FramingGuard:
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
                        send: ASGISendCallable) -> None:
         if scope["type"] in ("http", "websocket"):
-            target = len(scope["raw_path"] or b"") + len(scope["query_string"])
+            target = len(scope.get("raw_path") or b"") + len(scope["query_string"])
             problem = framing_problem(scope["headers"], target)
             if problem is not None:
                 if scope["type"] == "http":
