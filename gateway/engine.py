@@ -114,10 +114,7 @@ class _Run:
         try:
             reply = await self._send(call)
         except CallError as error:
-            record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.attempts = error.attempts
-            record.fail(error)
-            record.finished = True
+            record.finish_failed(error, (time.perf_counter() - started) * 1000.0)
             if not call.optional:
                 self.failed = (call.name, error)
                 self._notify(record, None)
@@ -127,14 +124,7 @@ class _Run:
             record.elapsed_ms = (time.perf_counter() - started) * 1000.0
             raise
         else:
-            record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.ok = True
-            record.finished = True
-            record.status = reply.status
-            record.attempts = reply.attempts
-            record.cached = reply.cached
-            record.batch = reply.batch
-            record.queued_ms = reply.queued_ms
+            record.finish_ok(reply, (time.perf_counter() - started) * 1000.0)
             result = call.shape(reply.data)
         self.results[call.name] = result
         self._notify(record, result)

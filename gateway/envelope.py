@@ -5,11 +5,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from .errors import CallError, CircuitOpen
+
+
+class ReplyFacts(Protocol):
+    """What a successful call reports about itself (`upstream.Reply`)."""
+
+    status: int
+    attempts: int
+    cached: bool
+    batch: int | None
+    queued_ms: float | None
 
 
 @dataclass(slots=True)
@@ -33,6 +43,24 @@ class CallRecord:
         self.ok = False
         self.status = error.status
         self.error = str(error)
+
+    def finish_failed(self, error: CallError, elapsed_ms: float) -> None:
+        """The call ended with `error` after `elapsed_ms`."""
+        self.elapsed_ms = elapsed_ms
+        self.attempts = error.attempts
+        self.finished = True
+        self.fail(error)
+
+    def finish_ok(self, reply: ReplyFacts, elapsed_ms: float) -> None:
+        """The call succeeded; what it cost comes from the upstream's reply."""
+        self.elapsed_ms = elapsed_ms
+        self.ok = True
+        self.finished = True
+        self.status = reply.status
+        self.attempts = reply.attempts
+        self.cached = reply.cached
+        self.batch = reply.batch
+        self.queued_ms = reply.queued_ms
 
     def to_meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {

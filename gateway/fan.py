@@ -117,10 +117,7 @@ class Fan:
         try:
             reply = await upstream.call(call.method, url, headers, body)
         except CallError as error:
-            record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.attempts = error.attempts
-            record.finished = True
-            record.fail(error)
+            record.finish_failed(error, (time.perf_counter() - started) * 1000.0)
             self._notify(record, None)
             if not call.optional:
                 raise
@@ -129,13 +126,7 @@ class Fan:
             record.elapsed_ms = (time.perf_counter() - started) * 1000.0
             record.error = "canceled"
             raise
-        record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-        record.ok = True
-        record.finished = True
-        record.status = reply.status
-        record.attempts = reply.attempts
-        record.cached = reply.cached
-        record.queued_ms = reply.queued_ms
+        record.finish_ok(reply, (time.perf_counter() - started) * 1000.0)
         self._notify(record, reply.data)
         return reply.data
 

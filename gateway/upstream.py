@@ -138,10 +138,17 @@ class Upstream:
     async def call(self, method: str, path_and_query: str, headers: list[tuple[str, str]],
                    body: bytes | None = None) -> Reply:
         """One call within its timeout; raises a `CallError` subclass on any failure."""
+        use_cache = self.cache is not None and method == "GET"
+        return await self._measured(method, path_and_query, headers, body, use_cache)
+
+    async def _measured(self, method: str, path_and_query: str,
+                        headers: list[tuple[str, str]], body: bytes | None,
+                        use_cache: bool) -> Reply:
+        """A call counted in `busy` (for retirement) and in the metrics, by outcome."""
         started = time.perf_counter()
         self.busy += 1
         try:
-            if self.cache is not None and method == "GET":
+            if use_cache:
                 reply = await self._cached(path_and_query, headers)
             else:
                 reply = (await self._protected(method, path_and_query, headers, body))[0]
@@ -168,19 +175,7 @@ class Upstream:
 
     async def _batch_call(self, path_and_query: str, headers: list[tuple[str, str]]) -> Reply:
         """The one upstream call of a batch (never cached: each key set is new)."""
-        started = time.perf_counter()
-        self.busy += 1
-        try:
-            reply = (await self._protected("GET", path_and_query, headers, None))[0]
-        except CallError as error:
-            if self.metrics is not None:
-                self.metrics.call(outcome(error), time.perf_counter() - started)
-            raise
-        finally:
-            self._leave()
-        if self.metrics is not None:
-            self.metrics.call("ok", time.perf_counter() - started)
-        return reply
+        return await self._measured("GET", path_and_query, headers, None, use_cache=False)
 
     async def _cached(self, path_and_query: str, headers: list[tuple[str, str]]) -> Reply:
         """A GET through the cache; identical GETs in flight share one upstream call."""
