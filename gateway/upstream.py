@@ -285,6 +285,10 @@ class Upstream:
             raise UpstreamTimeout(
                 f"upstream '{self.name}' timed out after {self.timeout:g}s"
             ) from None
+        except httpx.RemoteProtocolError as exc:
+            raise UpstreamUnavailable(
+                f"upstream '{self.name}' sent a malformed reply"
+            ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(
                 f"upstream '{self.name}' is unreachable ({type(exc).__name__})"

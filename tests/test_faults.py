@@ -201,3 +201,18 @@ async def test_breaker_sheds_a_storm_without_reaching_the_proxy(
     assert elapsed < TIMEOUT  # 50 requests failed fast, none waited for the fault
     assert (proxy.connections, proxy.bytes_in) == reached  # and none reached the proxy
     assert real.requests <= 3
+
+
+async def test_garbage_reply_is_reported_as_malformed_not_unreachable(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory, fault_proxy: ProxyFactory
+) -> None:
+    real = await upstream(reply(BODY))
+    good = await upstream(reply({"ok": True}))
+    proxy = await fault_proxy(real)
+    proxy.fault = Fault(garbage=b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+    client = await gateway_client(_config(proxy, good))
+    response = await client.get("/agg")
+    body = await response.get_json()
+    assert response.status_code == 502
+    assert "malformed reply" in body["error"]
+    assert "unreachable" not in body["error"]
