@@ -181,3 +181,25 @@ async def test_demo_team_route_batches_three_keys_into_one_upstream_call() -> No
         assert demo.servers["users"].requests - before == 1
     finally:
         await demo.close()
+
+
+async def test_demo_profile_runs_its_sync_combine_hook_off_the_loop() -> None:
+    from gateway.app import Gateway
+
+    demo = await start_demo_upstreams(scale=0.01)
+    try:
+        gw = await asyncio.to_thread(Gateway, demo_config(demo.urls))
+        async with gw.app.test_app() as app:
+            response = await app.test_client().get("/profile/7")
+            body = await response.get_json()
+        assert response.status_code == 200
+        data = body["data"]  # the hook's merge, not the raw calls
+        assert set(data) == {"id", "name", "balance", "currency", "plan"}
+        assert data["id"] == 7
+        assert isinstance(data["balance"], float)
+        assert data["currency"] in ("EUR", "USD", "GBP")
+        assert set(body["meta"]["calls"]) == {"user", "account"}
+        assert body["meta"]["calls"]["account"]["start_ms"] >= (
+            body["meta"]["calls"]["user"]["elapsed_ms"])  # chained on {user.account_id}
+    finally:
+        await demo.close()
