@@ -15,7 +15,10 @@ from redis_support import RedisServer, eventually, running_redis
 from gateway.config import JobsSettings
 from gateway.jobs import JobRequest, JobsBusy, JobsClosed, JobStore, JobView, Outcome, Timing
 from gateway.jobs.model import CANCELED, SHUTDOWN, SHUTDOWN_QUEUED
-from gateway.jobs.store import open_store
+from gateway.jobs.store import open_store, redis_available
+
+if redis_available():  # imported at start-up, as the app does: never on the event loop
+    import gateway.jobs.redis_store  # noqa: F401
 
 TIMING = Timing(heartbeat=0.2, grace=0.6, poll=0.05)
 

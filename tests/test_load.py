@@ -132,9 +132,15 @@ async def test_storm_with_a_failing_and_a_slow_upstream_is_held_and_leaves_nothi
             for i in next_request:
                 if i % QUIT_EVERY == QUIT_EVERY - 1:
                     quitters += 1
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.05):  # hang up mid-request
-                            await session.get(url + "/hang")
+                    seen = hang.requests
+                    call = asyncio.create_task(session.get(url + "/hang"))
+                    for _ in range(250):  # hang up once the gateway's call is upstream
+                        if hang.requests > seen or call.done():
+                            break
+                        await asyncio.sleep(0.02)
+                    call.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await call
                     continue
                 path = f"/strict/{i}" if i % 4 == 0 else f"/page/{i}"
                 started = time.monotonic()
