@@ -135,9 +135,8 @@ class Gateway:
         data: Any = {c.name: outcome.results.get(c.name) for c in plan.calls}
         if plan.combine is not None:
             # The hook shares the request's deadline: a hanging hook is a 504, not a hang.
-            left = deadline - (time.perf_counter() - ctx.started)
             try:
-                async with asyncio.timeout(max(left, 0.001)):
+                async with asyncio.timeout(ctx.remaining(deadline)):
                     if plan.combine_is_async:
                         data = await plan.combine(data, ctx)
                     else:  # a sync hook runs in a thread so it can never stall the loop
@@ -156,9 +155,10 @@ class Gateway:
                         on_call: OnCall | None) -> Result:
         fan = Fan(ctx, runtime.upstreams, on_call)
         deadline = view.deadline or self.config.gateway.deadline
-        start_deadline(deadline)
+        left = ctx.remaining(deadline)  # the budget counts from the request's arrival
+        start_deadline(left)
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(left):
                 data = await view(fan, dict(ctx.params))
         except CallError as error:
             status, extra = envelope.failure_status(error)
@@ -240,7 +240,8 @@ class Gateway:
             app.after_request(self._cors)
 
     async def _dispatch(self, _path: str = "") -> Response:
-        started = time.perf_counter()
+        # Arrival as the request-metrics hook saw it, so meta and metrics share one clock.
+        started = g.get("gateway_started") or time.perf_counter()
         headers = request.headers
         if request.method == "OPTIONS" and self._is_preflight():
             return self._preflight()

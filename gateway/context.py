@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -26,3 +27,7 @@ class RequestContext:
     strategy: str  # "parallel" or "sequential", after the X-Gateway-Strategy override
     started: float  # time.perf_counter() when the request arrived
     extras: dict[str, Any] = field(default_factory=dict)  # free for hooks and middleware
+
+    def remaining(self, deadline: float) -> float:
+        """Seconds left of a `deadline` counted from the request's arrival (never negative)."""
+        return max(deadline - (time.perf_counter() - self.started), 0.0)

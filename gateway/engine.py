@@ -60,9 +60,10 @@ async def execute(
     """Run every call of `plan` for one request; never raises a `CallError`."""
     run = _Run(plan, ctx, upstreams, on_call)
     deadline_passed = False
-    start_deadline(deadline)  # retries never start what the deadline would cut short
+    left = ctx.remaining(deadline)  # the budget counts from the request's arrival
+    start_deadline(left)  # retries never start what the deadline would cut short
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout(left):
             if ctx.strategy == "sequential":
                 await run.sequential()
             else:

@@ -376,6 +376,3 @@ def _connection_tokens(value: str) -> frozenset[str]:
         return frozenset()
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
 
-
-def now_ms() -> float:
-    return time.perf_counter() * 1000.0

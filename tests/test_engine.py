@@ -1,0 +1,66 @@
+"""The engine on its own: one deadline counted from the request's arrival, call order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from support import RecordingServer, UpstreamFactory, call, endpoint, make_config, reply
+
+from gateway.config import parse_config
+from gateway.context import RequestContext
+from gateway.engine import execute
+from gateway.plan import Plan, compile_plans
+from gateway.upstream import Upstream
+
+
+def _ctx(strategy: str = "parallel", arrived_ago: float = 0.0) -> RequestContext:
+    return RequestContext("rid", "GET", "/x", {}, {}, {}, None, strategy,
+                          time.perf_counter() - arrived_ago)
+
+
+Setup = tuple[Plan, dict[str, Upstream]]
+
+
+@pytest.fixture
+async def slow_and_fast(upstream: UpstreamFactory) -> AsyncIterator[Setup]:
+    """A plan with a fast call then a 0.2 s call, and started upstream clients for it."""
+    slow: RecordingServer = await upstream(reply({"s": 1}, delay=0.2))
+    fast = await upstream(reply({"f": 1}))
+    config = parse_config(make_config({"slow": slow, "fast": fast}, endpoint(
+        "/x", call("fast", "fast", "/f"), call("slow", "slow", "/s"))), env={})
+    ups = {name: Upstream(cfg, config.gateway) for name, cfg in config.upstreams.items()}
+    for up in ups.values():
+        await up.start()
+    yield compile_plans(config)[0], ups
+    for up in ups.values():
+        await up.close()
+
+
+async def test_deadline_counts_from_the_request_arrival_not_from_execution(
+    slow_and_fast: Setup
+) -> None:
+    plan, ups = slow_and_fast
+    fresh = await execute(plan, _ctx(), ups, deadline=0.35)
+    assert fresh.status == 200  # 0.2 s of calls fit a 0.35 s budget...
+    late = await execute(plan, _ctx(arrived_ago=0.25), ups, deadline=0.35)
+    assert late.status == 504  # ...but not what is left of it 0.25 s after arrival
+    assert late.records["fast"].ok is True
+    assert late.records["slow"].ok is False
+
+
+async def test_sequential_runs_calls_in_config_order(
+    slow_and_fast: Setup
+) -> None:
+    plan, ups = slow_and_fast
+    outcome = await execute(plan, _ctx("sequential"), ups, deadline=5)
+    assert outcome.status == 200
+    fast_rec, slow_rec = outcome.records["fast"], outcome.records["slow"]
+    assert slow_rec.start_ms >= fast_rec.start_ms + fast_rec.elapsed_ms
+    assert outcome.results == {"fast": {"f": 1}, "slow": {"s": 1}}
+
+
+def test_remaining_is_never_negative() -> None:
+    assert _ctx(arrived_ago=5.0).remaining(1.0) == 0.0
+    assert 0.9 < _ctx().remaining(1.0) <= 1.0
