@@ -119,6 +119,8 @@ class JobsSettings:
     ttl: float = 300.0
     heartbeat: float = 2.0  # seconds between a running job's heartbeats; 3 missed = lost
     grace: float = 10.0  # seconds running jobs may still finish when a process shuts down
+    max_result_bytes: int = 8 * 1024 * 1024  # a job whose serialized result is bigger fails
+    max_finished_bytes: int = 64 * 1024 * 1024  # memory store: finished results kept, in all
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +312,8 @@ def _gateway(c: _Checker, raw: dict[str, Any]) -> GatewaySettings:
 def _jobs(c: _Checker, raw: dict[str, Any]) -> JobsSettings:
     p = "jobs"
     d = JobsSettings()
-    c.unknown(raw, p, {"store", "max_running", "max_queued", "ttl", "heartbeat", "grace"})
+    c.unknown(raw, p, {"store", "max_running", "max_queued", "ttl", "heartbeat", "grace",
+                       "max_result_bytes", "max_finished_bytes"})
 
     def store_ok(v: str) -> str | None:
         if v == "memory":
@@ -325,13 +328,21 @@ def _jobs(c: _Checker, raw: dict[str, Any]) -> JobsSettings:
     grace = c.number(raw, p, "grace", d.grace, allow_zero=True)
     if grace >= 60:
         c.fail(f"{p}.grace", "must be below 60 (Hypercorn gives a worker 60 s to shut down)")
+    store = c.string(raw, p, "store", d.store, store_ok)
+    max_result = c.integer(raw, p, "max_result_bytes", d.max_result_bytes)
+    max_finished = c.integer(raw, p, "max_finished_bytes", d.max_finished_bytes)
+    if store == "memory" and max_finished < max_result:
+        c.fail(f"{p}.max_finished_bytes", f"must be >= jobs.max_result_bytes ({max_result}), "
+               "or a result of allowed size could never be kept")
     return JobsSettings(
-        store=c.string(raw, p, "store", d.store, store_ok),
+        store=store,
         max_running=c.integer(raw, p, "max_running", d.max_running),
         max_queued=c.integer(raw, p, "max_queued", d.max_queued, minimum=0),
         ttl=c.number(raw, p, "ttl", d.ttl),
         heartbeat=c.number(raw, p, "heartbeat", d.heartbeat),
         grace=grace,
+        max_result_bytes=max_result,
+        max_finished_bytes=max_finished,
     )
 
 

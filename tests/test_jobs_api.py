@@ -13,6 +13,7 @@ from redis_support import RedisServer, eventually, redis_binary
 from support import GatewayClientFactory, UpstreamFactory, call, echo, endpoint, make_config, reply
 
 from gateway import Fan, Gateway
+from gateway.jobs import JobRequest, JobView
 from gateway.jobs.memory import MemoryStore
 
 ASYNC = {"Prefer": "respond-async"}
@@ -178,7 +179,8 @@ async def test_unknown_or_malformed_ids_are_404(gateway_client: GatewayClientFac
 
 
 async def test_job_replays_method_query_body_and_allowlisted_headers(
-        upstream: UpstreamFactory, gateway_client: GatewayClientFactory) -> None:
+        upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     api = await upstream(echo)
     config = jobs_config(
         {"api": {"url": api, "forward_headers": ["authorization"]}},
@@ -187,6 +189,16 @@ async def test_job_replays_method_query_body_and_allowlisted_headers(
                       body={"note": "{body.note}"}), method="POST"))
     gw = Gateway(config)
     client = await gateway_client(gw)
+    assert gw.runtime is not None
+    assert isinstance(gw.runtime.jobs, MemoryStore)
+    submitted = []  # what the store is given to keep (a finished job no longer holds it)
+    submit = gw.runtime.jobs.submit
+
+    async def keep(request: JobRequest) -> JobView:
+        submitted.append(request)
+        return await submit(request)
+
+    monkeypatch.setattr(gw.runtime.jobs, "submit", keep)
     response = await client.post(
         "/orders/5?q=a%20b", json={"note": "hi"},
         headers={**ASYNC, "Authorization": "Bearer t", "Cookie": "session=secret",
@@ -203,7 +215,7 @@ async def test_job_replays_method_query_body_and_allowlisted_headers(
     assert job["result"]["meta"]["strategy"] == "sequential"
     assert gw.runtime is not None
     assert isinstance(gw.runtime.jobs, MemoryStore)
-    stored = gw.runtime.jobs._jobs[body["id"]].request  # what the store keeps
+    stored = submitted[0]  # what the store keeps
     assert {name for name, _ in stored.headers} == {"authorization", "x-gateway-strategy",
                                                     "content-type"}
 
@@ -228,7 +240,7 @@ async def test_result_over_the_size_cap_fails_the_job(
         upstream: UpstreamFactory, gateway_client: GatewayClientFactory) -> None:
     big = await upstream(reply({"blob": "x" * 1500}))
     config = jobs_config({"big": big}, endpoint("/big", call("a", "big", "/"),
-                                                call("b", "big", "/")))
+                                                call("b", "big", "/")), max_result_bytes=2000)
     config["gateway"] = {"max_upstream_bytes": 2000}
     client = await gateway_client(config)
     assert (await client.get("/big")).status_code == 200  # each call is under the cap
@@ -236,7 +248,7 @@ async def test_result_over_the_size_cap_fails_the_job(
     job = await (await poll(client, url)).get_json()
     assert job["status"] == "failed"
     assert job["result"] is None
-    assert "2000-byte limit" in job["error"]
+    assert job["error"] == "result too large"
 
 
 async def test_redis_down_job_requests_503_plain_aggregation_works_then_recovers(

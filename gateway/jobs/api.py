@@ -46,7 +46,7 @@ def register(gw: Gateway) -> None:
         runtime = gw.runtime
         assert runtime is not None
         store = open_store(gw.config.jobs, timing(gw))
-        await store.start(Runner(gw, gw.config.gateway.max_upstream_bytes))
+        await store.start(Runner(gw, gw.config.jobs.max_result_bytes))
         runtime.jobs = store
         try:
             yield
@@ -102,8 +102,8 @@ async def show(gw: Gateway, job_id: str) -> Response:
     if view is None:
         return _unknown()
     if not view.finished:
-        return _json(view.to_json(), 202, {"Retry-After": str(POLL_AFTER)})
-    return _json(view.to_json(), 200)
+        return _json(view.to_bytes(), 202, {"Retry-After": str(POLL_AFTER)})
+    return _json(view.to_bytes(), 200)
 
 
 async def cancel(gw: Gateway, job_id: str) -> Response:
@@ -146,7 +146,8 @@ def _store(gw: Gateway) -> JobStore | None:
 
 
 def _unknown() -> Response:
-    return _json({"error": "no such job (unknown, or expired after its ttl)"}, 404)
+    return _json({"error": "no such job (unknown, or expired: past its ttl, or dropped to "
+                           "keep finished jobs within jobs.max_finished_bytes)"}, 404)
 
 
 def _unavailable() -> Response:
@@ -167,7 +168,9 @@ def _aggregate_error(gw: Gateway, ctx: RequestContext, status: int, message: str
 
 
 def _json(obj: Any, status: int, headers: Mapping[str, str] | None = None) -> Response:
-    response = Response(envelope.dumps(obj), status=status, content_type="application/json")
+    """A job response from an object or from JSON bytes already made (`JobView.to_bytes`)."""
+    body = obj if isinstance(obj, bytes) else envelope.dumps(obj)
+    response = Response(body, status=status, content_type="application/json")
     response.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():
         response.headers[name] = value

@@ -33,33 +33,55 @@ from .store import Execute, JobsBusy, JobsClosed, JobStore, Timing
 log = logging.getLogger("gateway.jobs")
 
 
+# What a finished job costs besides its result and error text: the view, its id, the
+# map entry. Counted so that many tiny results are bounded too.
+RECORD_BYTES = 512
+
+
 @dataclass(slots=True)
 class _Job:
+    """A queued or running job."""
+
     id: str
     request: JobRequest
     created_at: float
     started_at: float | None = None
-    view: JobView | None = None  # set once finished
     task: asyncio.Task[None] | None = None
+    finished: bool = False
 
     def current(self) -> JobView:
-        if self.view is not None:
-            return self.view
         state: JobState = "running" if self.started_at is not None else "queued"
         return JobView(self.id, state, self.created_at, self.started_at)
 
 
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    view: JobView
+    size: int  # bytes counted against jobs.max_finished_bytes
+    expires: float
+
+
 class MemoryStore(JobStore):
+    """Unfinished jobs are bounded by the limits; finished ones by `ttl` and by
+    `max_finished_bytes` (their serialized results), the oldest dropped first."""
+
     def __init__(self, settings: JobsSettings, timing: Timing) -> None:
         super().__init__(settings, timing)
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, _Job] = {}  # queued and running
         self._queue: deque[str] = deque()
         self._running: set[str] = set()
-        self._expiry: OrderedDict[str, float] = OrderedDict()  # finished jobs, oldest first
+        self._finished: OrderedDict[str, _Finished] = OrderedDict()  # oldest first
+        self._finished_bytes = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._execute: Execute | None = None
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def finished_bytes(self) -> int:
+        """What finished jobs hold now, as counted against `max_finished_bytes`."""
+        return self._finished_bytes
 
     async def start(self, execute: Execute | None) -> None:
         # Memory jobs can only run here, so a store without `execute` runs nothing.
@@ -68,7 +90,6 @@ class MemoryStore(JobStore):
     async def submit(self, request: JobRequest) -> JobView:
         if self._closing:
             raise JobsClosed("the gateway is shutting down and accepts no new jobs")
-        self._expire()
         if len(self._queue) + len(self._running) >= self.capacity:
             raise JobsBusy(f"{self.settings.max_running} jobs running and "
                            f"{self.settings.max_queued} waiting: try again later")
@@ -80,24 +101,20 @@ class MemoryStore(JobStore):
         return view
 
     async def get(self, job_id: str) -> JobView | None:
-        self._expire()
-        job = self._jobs.get(job_id)
-        return None if job is None else job.current()
+        return self._lookup(job_id)
 
     async def cancel(self, job_id: str) -> JobView | None:
-        self._expire()
         job = self._jobs.get(job_id)
-        if job is None:
-            return None
-        if job.view is None:
+        if job is not None:
             self._finish(job, Outcome(None, None, CANCELED), "canceled")
-        return job.current()
+        return self._lookup(job_id)
 
     async def counts(self) -> dict[JobState, int]:
         self._expire()
         counts: dict[JobState, int] = {}
-        for job in self._jobs.values():
-            state = job.current().state
+        states = [j.current().state for j in self._jobs.values()]
+        states += [f.view.state for f in self._finished.values()]
+        for state in states:
             counts[state] = counts.get(state, 0) + 1
         return counts
 
@@ -110,9 +127,16 @@ class MemoryStore(JobStore):
                 await self._idle.wait()
         for job_id in list(self._running):
             self._finish(self._jobs[job_id], Outcome(None, None, SHUTDOWN))
-        tasks = [t for job in self._jobs.values() if (t := job.task) is not None]
-        if tasks:
-            await asyncio.wait(tasks)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _lookup(self, job_id: str) -> JobView | None:
+        self._expire()
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job.current()
+        finished = self._finished.get(job_id)
+        return None if finished is None else finished.view
 
     # -- running ------------------------------------------------------------------------------
 
@@ -125,8 +149,10 @@ class MemoryStore(JobStore):
             job.started_at = time.time()
             self._running.add(job.id)
             self._idle.clear()
-            job.task = asyncio.create_task(self._run(job, self._execute),
-                                           name=f"gateway-job-{job.id[:8]}")
+            job.task = task = asyncio.create_task(self._run(job, self._execute),
+                                                  name=f"gateway-job-{job.id[:8]}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: _Job, execute: Execute) -> None:
         try:
@@ -135,13 +161,13 @@ class MemoryStore(JobStore):
         except TimeoutError:
             outcome = Outcome(None, None, TIMED_OUT)
         except asyncio.CancelledError:
-            if job.view is None:  # not canceled by us: the loop itself is going away
+            if not job.finished:  # not canceled by us: the loop itself is going away
                 raise
             return
         except Exception:  # `execute` never raises on purpose; keep the job from sticking
             log.exception("job %s crashed", job.id[:8])
             outcome = Outcome(None, None, CRASHED)
-        if job.view is None:
+        if not job.finished:
             self._finish(job, outcome)
 
     def _finish(self, job: _Job, outcome: Outcome, state: JobState | None = None) -> None:
@@ -150,7 +176,8 @@ class MemoryStore(JobStore):
         if state is not None:
             view = JobView(job.id, state, job.created_at, job.started_at, now, None, None,
                            outcome.error)
-        job.view = view
+        job.finished = True
+        del self._jobs[job.id]
         with contextlib.suppress(ValueError):
             self._queue.remove(job.id)
         if job.id in self._running:
@@ -160,14 +187,23 @@ class MemoryStore(JobStore):
                 task.cancel()
         if not self._running:
             self._idle.set()
-        self._expiry[job.id] = now + self.settings.ttl
+        self._keep(view, now + self.settings.ttl)
         self._pump()
+
+    def _keep(self, view: JobView, expires: float) -> None:
+        """Hold a finished job within `max_finished_bytes`, dropping the oldest ones."""
+        size = RECORD_BYTES + len(view.result_json or b"") + len(view.error or "")
+        self._finished[view.id] = _Finished(view, size, expires)
+        self._finished_bytes += size
+        while self._finished_bytes > self.settings.max_finished_bytes and len(self._finished) > 1:
+            self._drop_oldest()
+        self._expire()
 
     def _expire(self) -> None:
         now = time.time()
-        while self._expiry:
-            job_id, expires = next(iter(self._expiry.items()))
-            if expires > now:
-                break
-            del self._expiry[job_id]
-            self._jobs.pop(job_id, None)
+        while self._finished and next(iter(self._finished.values())).expires <= now:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, finished = self._finished.popitem(last=False)
+        self._finished_bytes -= finished.size

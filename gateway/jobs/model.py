@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
+
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
 STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "canceled")
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
@@ -30,6 +32,7 @@ SHUTDOWN = "the gateway process running this job shut down before it finished"
 SHUTDOWN_QUEUED = "the gateway shut down before this job started"
 CRASHED = "the job failed inside the gateway; the server log has details"
 TIMED_OUT = "the job did not finish within its deadline"
+TOO_LARGE = "result too large"  # over jobs.max_result_bytes (SPEC section 13)
 JOB_SLACK = 10.0  # seconds a job may run past its aggregate's deadline before it is stopped
 
 
@@ -80,11 +83,22 @@ class JobRequest:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What running a job produced: an aggregate response, or an error without one."""
+    """What running a job produced: an aggregate response, or an error without one.
+
+    `raw` is `body` serialized, when whoever ran the job already has it (the runner
+    measures it against `jobs.max_result_bytes`), so a store need not serialize again.
+    """
 
     http_status: int | None
     body: dict[str, Any] | None
     error: str | None = None
+    raw: bytes | None = None
+
+    def serialized(self) -> bytes | None:
+        """The body as JSON bytes: what a finished job keeps instead of the object tree."""
+        if self.raw is not None or self.body is None:
+            return self.raw
+        return dump(self.body)
 
     @property
     def state(self) -> JobState:
@@ -104,7 +118,11 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class JobView:
-    """One job as a client sees it; times are epoch seconds."""
+    """One job as a client sees it; times are epoch seconds.
+
+    The result is kept serialized (`result_json`): a parsed JSON tree takes ~10 times
+    the memory of its text, and `GET /jobs/{id}` splices the bytes in without parsing.
+    """
 
     id: str
     state: JobState
@@ -112,14 +130,30 @@ class JobView:
     started_at: float | None = None
     finished_at: float | None = None
     http_status: int | None = None
-    result: dict[str, Any] | None = None
+    result_json: bytes | None = None
     error: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The aggregate response body, parsed (for code; the API never parses it)."""
+        if self.result_json is None:
+            return None
+        parsed: dict[str, Any] = orjson.loads(self.result_json)
+        return parsed
+
+    def to_bytes(self) -> bytes:
+        """`to_json()` serialized, with the stored result spliced in as it is."""
+        raw = self.result_json
+        return dump(self._out(None if raw is None else orjson.Fragment(raw)))
+
     def to_json(self) -> dict[str, Any]:
+        return self._out(self.result)
+
+    def _out(self, result: Any) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
             "status": self.state,
@@ -129,7 +163,7 @@ class JobView:
         if self.finished:
             out["finished_at"] = _iso(self.finished_at)
             out["http_status"] = self.http_status
-            out["result"] = self.result
+            out["result"] = result
             if self.error is not None:
                 out["error"] = self.error
         return out
@@ -141,7 +175,12 @@ def finished_view(job_id: str, created_at: float, started_at: float | None,
     if error is None and outcome.state == "failed" and outcome.body is not None:
         error = outcome.body.get("error")  # the aggregate's own one-line reason
     return JobView(job_id, outcome.state, created_at, started_at, finished_at,
-                   outcome.http_status, outcome.body, error)
+                   outcome.http_status, outcome.serialized(), error)
+
+
+def dump(obj: Any) -> bytes:
+    """JSON as the wire gets it (envelope.dumps's options: hooks' odd values become text)."""
+    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _iso(t: float | None) -> str | None:

@@ -21,7 +21,7 @@ from ..config import HOP_BY_HOP
 from ..context import HeaderMap, RequestContext
 from ..errors import RequestError
 from ..plan import Plan
-from .model import CRASHED, JobRequest, Outcome
+from .model import CRASHED, TOO_LARGE, JobRequest, Outcome, dump
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -80,12 +80,13 @@ class Runner:
             log.exception("job for %s %s failed (request id %s)", job.method, job.path,
                           job.request_id)
             return self._counted(Outcome(None, None, CRASHED))
-        size = len(envelope.dumps(result.body))
-        if size > self._max_result_bytes:
-            return self._counted(Outcome(
-                None, None, f"the result ({size} bytes) is over the "
-                            f"{self._max_result_bytes}-byte limit for job results"))
-        return self._counted(Outcome(result.status, result.body))
+        raw = dump(result.body)
+        if len(raw) > self._max_result_bytes:
+            log.warning("job for %s %s (request id %s): result of %d bytes is over "
+                        "jobs.max_result_bytes (%d); failed", job.method, job.path,
+                        job.request_id, len(raw), self._max_result_bytes)
+            return self._counted(Outcome(None, None, TOO_LARGE))
+        return self._counted(Outcome(result.status, result.body, raw=raw))
 
     def _counted(self, outcome: Outcome) -> Outcome:
         self._count(outcome.state)
