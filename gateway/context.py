@@ -27,6 +27,7 @@ class RequestContext:
     strategy: str  # "parallel" or "sequential", after the X-Gateway-Strategy override
     started: float  # time.perf_counter() when the request arrived
     extras: dict[str, Any] = field(default_factory=dict)  # free for hooks and middleware
+    cache: bool = True  # False: no reply cache read or filled (the dashboard's Compare)
 
     def remaining(self, deadline: float) -> float:
         """Seconds left of a `deadline` counted from the request's arrival (never negative)."""

@@ -4,7 +4,8 @@
     GET  /_gateway/api/overview     gateway settings, endpoints with their calls, upstreams
     GET  /_gateway/api/upstreams    upstreams with their breaker state
     GET  /_gateway/api/recent       the recent-request ring (`?after=SEQ&limit=N`)
-    POST /_gateway/api/run          run one endpoint: {"path", "method", "strategy", "body"}
+    POST /_gateway/api/run          run one endpoint: {"path", "method", "strategy", "body",
+                                    "cache"}; `"cache": false` bypasses the reply cache
 
 `[gateway] dashboard = false` registers none of it, so every path answers 404.
 The page shows upstream URLs and can run any endpoint: protect it, or turn
@@ -165,15 +166,22 @@ def breaker_state(runtime: Runtime | None, name: str) -> str:
 
 
 async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, Any]:
-    """Run one endpoint as the page asks; the answer carries the entry to draw and the body."""
+    """Run one endpoint as the page asks; the answer carries the entry to draw and the body.
+
+    Compare sends `"cache": false` for both strategies: with the cache on, whichever
+    run came second would be served from the replies the first one stored.
+    """
     if not isinstance(message, dict):
         raise RequestError("send a JSON object like {\"path\": \"/route\"}")
     path, method = message.get("path"), message.get("method", "GET")
     strategy, body = message.get("strategy"), message.get("body")
+    cache = message.get("cache", True)
     if not isinstance(path, str) or not path.startswith("/"):
         raise RequestError("'path' must start with '/'")
     if not isinstance(method, str):
         raise RequestError("'method' must be a string")
+    if not isinstance(cache, bool):
+        raise RequestError("'cache' must be true or false")
     headers = {k.lower(): v for k, v in incoming.items() if k.lower() not in _RUN_DROP}
     if strategy is not None:
         if strategy not in STRATEGIES:
@@ -185,9 +193,11 @@ async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, 
     ctx = gw.context(target, params, method=method, path=route_path,
                      query=MultiDict(parse_qsl(url.query, keep_blank_values=True)),
                      headers=headers, body=b"" if body is None else envelope.dumps(body))
+    ctx.cache = cache
     result = await gw.run(target, ctx)
     entry = make_entry(0, target, ctx, result)
-    return {"status": result.status, "entry": entry.to_json(), "body": result.body}
+    return {"status": result.status, "entry": entry.to_json(), "body": result.body,
+            "cache": cache}
 
 
 def _read_asset(name: str) -> bytes:

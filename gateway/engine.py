@@ -141,7 +141,8 @@ class _Run:
         body = None
         if call.body is not None:
             body = dumps(call.body.render(self.inputs, call.name))
-        return await upstream.call(call.method, call.render_url(self.inputs), headers, body)
+        return await upstream.call(call.method, call.render_url(self.inputs), headers, body,
+                                   cache=self.ctx.cache)
 
     def _notify(self, record: CallRecord, data: Any) -> None:
         if self.on_call is not None:

@@ -115,7 +115,7 @@ class Fan:
         started = time.perf_counter()
         record.start_ms = (started - self.ctx.started) * 1000.0
         try:
-            reply = await upstream.call(call.method, url, headers, body)
+            reply = await upstream.call(call.method, url, headers, body, cache=self.ctx.cache)
         except CallError as error:
             record.finish_failed(error, (time.perf_counter() - started) * 1000.0)
             self._notify(record, None)

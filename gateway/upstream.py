@@ -136,9 +136,13 @@ class Upstream:
         return out
 
     async def call(self, method: str, path_and_query: str, headers: list[tuple[str, str]],
-                   body: bytes | None = None) -> Reply:
-        """One call within its timeout; raises a `CallError` subclass on any failure."""
-        use_cache = self.cache is not None and method == "GET"
+                   body: bytes | None = None, *, cache: bool = True) -> Reply:
+        """One call within its timeout; raises a `CallError` subclass on any failure.
+
+        `cache=False` goes to the upstream even when a fresh reply is cached, and
+        stores nothing: a measurement must not be served, or skewed, by the cache.
+        """
+        use_cache = cache and self.cache is not None and method == "GET"
         return await self._measured(method, path_and_query, headers, body, use_cache)
 
     async def _measured(self, method: str, path_and_query: str,

@@ -160,12 +160,54 @@ async def test_run_endpoint_runs_both_strategies_and_returns_the_waterfall(
     assert configured["entry"]["kind"] == "code"
 
 
+async def test_run_endpoint_with_cache_false_reaches_the_upstreams_and_stores_nothing(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    users = await upstream(reply({"id": 7, "account_id": 70}))
+    billing = await upstream(reply({"balance": 1}))
+    gw = Gateway(make_config(
+        {"users": {"url": users, "cache_ttl": 60}, "billing": {"url": billing, "cache_ttl": 60}},
+        endpoint("/dash/<int:uid>", call("user", "users", "/users/{uid}"),
+                 call("account", "billing", "/accounts/{user.account_id}"))))
+
+    @gw.aggregate("/code/<int:uid>")
+    async def code(fan: Fan, uid: int) -> Any:
+        return await fan.get("users", f"/users/{uid}", name="user")
+
+    client = await gateway_client(gw)
+
+    def cached(answer: dict[str, Any]) -> list[bool]:
+        return [c["cached"] for c in answer["entry"]["calls"]]
+
+    assert (await client.get("/dash/7")).status_code == 200  # fills the cache
+    assert users.requests == billing.requests == 1
+    _, warm = await run(client, {"path": "/dash/7"})
+    assert (cached(warm), warm["cache"]) == ([True, True], True)
+    assert users.requests == billing.requests == 1
+    # Compare's two runs: both reach the upstreams, so neither is helped by the other.
+    for strategy in ("parallel", "sequential"):
+        status, answer = await run(client, {"path": "/dash/7", "strategy": strategy,
+                                            "cache": False})
+        assert status == 200
+        assert (cached(answer), answer["cache"]) == ([False, False], False)
+        assert answer["body"]["meta"]["calls"]["user"]["attempts"] == 1
+    assert users.requests == billing.requests == 3
+    _, code_run = await run(client, {"path": "/code/8", "cache": False})
+    assert cached(code_run) == [False]
+    assert users.requests == 4
+    # Nothing was stored by the bypassing runs: /users/8 is still a miss.
+    _, code_again = await run(client, {"path": "/code/8"})
+    assert cached(code_again) == [False]
+    assert users.requests == 5
+
+
 @pytest.mark.parametrize(
     ("message", "fragment"),
     [
         ({"path": "/nowhere"}, "no endpoint"),
         ({"path": "dash/7"}, "'path'"),
         ({"path": "/dash/7", "strategy": "fast"}, "'strategy'"),
+        ({"path": "/dash/7", "cache": "no"}, "'cache'"),
         ([1], "JSON object"),
     ],
 )
