@@ -10,18 +10,22 @@ tests import by name (`from support import echo, make_config, ...`).
     echo, reply      handlers: echo the request as JSON / answer a fixed body after a delay
     make_config      a config dict (the TOML's shape) from servers and endpoint dicts
     to_toml          that dict as a TOML file, for `gateway serve --config`
+    chromium_or_skip Debian's chromium for Playwright, or a skip (a failure under CI=true)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
 
@@ -29,6 +33,10 @@ from gateway import Gateway
 from gateway._httpserver import Handler, HTTPServer, Request, Response, json_response
 
 REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 class RecordingServer(HTTPServer):
@@ -232,3 +240,25 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Sequence):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def chromium_or_skip() -> str:
+    """The browser Playwright drives (never `playwright install`): Debian's chromium.
+
+    Skips with the reason when it or the playwright package is missing, except under
+    CI=true, where a browser test that cannot run is a failure.
+    """
+    reason = None
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        reason = "the playwright package is not installed (pip install -e '.[dev]')"
+    found = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if reason is None and found is None:
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the browser test, but {reason}")
+        pytest.skip(reason)
+    assert found is not None
+    return found

@@ -3,46 +3,35 @@
 Needs Debian's `chromium` and the `playwright` package (its driver only: no browser is
 downloaded). Skipped with a reason when either is missing, except under CI=true, where a
 missing browser is a failure. The run leaves a screenshot in artifacts/dashboard.png.
+Layout and controls at a desktop and a phone width: test_dashboard_ui.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import REPO, HypercornFactory, UpstreamFactory, call, endpoint, make_config, reply
+from support import (
+    CHROMIUM_ARGS,
+    REPO,
+    HypercornFactory,
+    UpstreamFactory,
+    call,
+    chromium_or_skip,
+    endpoint,
+    make_config,
+    reply,
+)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 ARTIFACT = REPO / "artifacts" / "dashboard.png"
 WAIT_MS = 10_000
 
 
-def _browser_missing() -> str | None:
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[dev]')"
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    return None
-
-
 @pytest.fixture
 def chromium_path() -> str:
-    reason = _browser_missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the browser test, but {reason}")
-        pytest.skip(reason)
-    return CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
+    return chromium_or_skip()
 
 
 async def test_dashboard_draws_waterfalls_and_compares_strategies(

@@ -74,6 +74,32 @@
     return 10 * power;
   }
 
+  // An axis label: as many decimals as the step needs, seconds once the axis is that long.
+  function tickText(t, step, scale) {
+    const [value, unit, unitStep] = scale >= 2000 ? [t / 1000, " s", step / 1000] : [t, " ms", step];
+    const digits = Number.isInteger(unitStep) ? 0 : unitStep >= 0.1 ? 1 : 2;
+    return value.toFixed(digits) + unit;
+  }
+
+  // Hide every axis label that would touch the one before it (or stick out at the end):
+  // how many fit depends on the width the waterfall got, so this runs after layout.
+  function fitTicks(root) {
+    for (const axis of root.querySelectorAll(".wf-axis")) {
+      const box = axis.getBoundingClientRect();
+      if (box.width === 0) continue; // not laid out (hidden): done when it is shown
+      let lastRight = -Infinity;
+      for (const tick of axis.querySelectorAll(".wf-tick")) {
+        tick.classList.remove("wf-tick-hidden");
+        const r = tick.getBoundingClientRect();
+        if (r.left < lastRight + 6 || r.right > box.right + 1) {
+          tick.classList.add("wf-tick-hidden");
+        } else {
+          lastRight = r.right;
+        }
+      }
+    }
+  }
+
   function entryScale(entry) {
     let end = entry.total_ms;
     for (const call of entry.calls) end = Math.max(end, call.start_ms + call.elapsed_ms);
@@ -106,8 +132,9 @@
     const axis = el("div", "wf-track wf-axis");
     const step = niceStep(scale);
     for (let t = 0; t <= scale + 1e-9; t += step) {
-      const tick = el("span", "wf-tick", step >= 1 ? Math.round(t) + " ms" : ms(t));
+      const tick = el("span", "wf-tick", tickText(t, step, scale));
       tick.style.left = pct(t) + "%";
+      if (t > 0 && pct(t) > 92) tick.classList.add("wf-tick-end"); // ends at the axis' end
       axis.appendChild(tick);
     }
     head.appendChild(axis);
@@ -234,14 +261,18 @@
         calls.appendChild(chip);
       }
       row.appendChild(calls);
-      row.appendChild(el("td", "small", ep.strategy));
+      const strategy = el("td", "small", ep.strategy);
+      strategy.dataset.label = "strategy";
+      row.appendChild(strategy);
       const action = el("td", "right");
-      const button = el("button", "btn btn-small", "Run\u2026");
+      const button = el("button", "btn btn-small", "Run");
       button.type = "button";
+      button.title = "Run " + ep.method + " " + ep.route + " (example values; edit them in the form below)";
       button.addEventListener("click", () => {
         $("run-endpoint").value = String(index);
         renderParams();
         $("run-card").scrollIntoView({ behavior: "smooth", block: "start" });
+        $("run-form").requestSubmit(); // validates the parameters first, like the Run button
       });
       action.appendChild(button);
       row.appendChild(action);
@@ -260,8 +291,12 @@
       if (up.batch) name.appendChild(el("span", "tag", "batch"));
       if (up.cache_ttl > 0) name.appendChild(el("span", "tag", "cache " + up.cache_ttl + " s"));
       row.appendChild(name);
-      row.appendChild(el("td", "mono small url", up.url));
-      row.appendChild(el("td", "small", up.timeout + " s" + (up.retries ? " \u00b7 " + up.retries + " retries" : "")));
+      const url = el("td", "mono small url", up.url);
+      url.title = up.url;
+      row.appendChild(url);
+      const timeout = el("td", "small", up.timeout + " s" + (up.retries ? " \u00b7 " + up.retries + " retries" : ""));
+      timeout.dataset.label = "timeout";
+      row.appendChild(timeout);
       const breaker = el("td");
       const badge = el("span", "state state-" + up.state, up.state);
       badge.title = up.breaker
@@ -298,6 +333,21 @@
     }
     $("run-body-field").hidden = !(ep.needs_body && ep.method !== "GET");
     $("run-strategy").value = "";
+    clearRun(); // a result under the form is always the selected endpoint's
+  }
+
+  function clearRun() {
+    $("run-output").hidden = true;
+    $("run-waterfalls").replaceChildren();
+    $("compare-summary").replaceChildren();
+    $("compare-note").hidden = true;
+  }
+
+  // A failed run leaves no earlier result under the form, so the banner is all there is.
+  function runFailed(what, ep, error) {
+    clearRun();
+    const hint = ep && ep.params.length ? " (the route is " + ep.route + ")" : "";
+    showError(what + " failed: " + error.message + hint);
   }
 
   function buildPath(ep) {
@@ -310,9 +360,10 @@
     return path;
   }
 
-  function runMessage(ep, strategy) {
+  function runMessage(ep, strategy, cache) {
     const message = { path: buildPath(ep), method: ep.method };
     if (strategy) message.strategy = strategy;
+    if (cache === false) message.cache = false;
     const bodyText = $("run-body").value.trim();
     if (!$("run-body-field").hidden && bodyText) message.body = JSON.parse(bodyText);
     return message;
@@ -337,10 +388,10 @@
     setBusy(true);
     try {
       const answer = await runOnce(runMessage(ep, $("run-strategy").value));
-      showRun([answer]);
       showError("");
+      showRun([answer]);
     } catch (error) {
-      showError("Run failed: " + error.message);
+      runFailed("Run", ep, error);
     } finally {
       setBusy(false);
     }
@@ -352,13 +403,14 @@
     if (!$("run-form").reportValidity()) return;
     setBusy(true);
     try {
-      // One after the other, so neither run competes with the other for the upstreams.
-      const parallel = await runOnce(runMessage(ep, "parallel"));
-      const sequential = await runOnce(runMessage(ep, "sequential"));
-      showRun([parallel, sequential]);
+      // One after the other, so neither run competes with the other for the upstreams, and
+      // both past the reply cache: otherwise the second would be served what the first stored.
+      const parallel = await runOnce(runMessage(ep, "parallel", false));
+      const sequential = await runOnce(runMessage(ep, "sequential", false));
       showError("");
+      showRun([parallel, sequential]);
     } catch (error) {
-      showError("Compare failed: " + error.message);
+      runFailed("Compare", ep, error);
     } finally {
       setBusy(false);
     }
@@ -391,10 +443,16 @@
       const slowest = ran.reduce((acc, c) => Math.max(acc, c.elapsed_ms), 0);
       summary.appendChild(stat("parallel total", ms(par.total_ms), "stat-parallel"));
       summary.appendChild(stat("sequential total", ms(seq.total_ms), "stat-sequential"));
-      const speed = stat("speedup", speedup.toFixed(2) + "\u00d7", "stat-speedup");
+      const verdict = speedupVerdict(speedup);
+      const speed = stat("speedup \u00b7 " + verdict.text, speedup.toFixed(2) + "\u00d7",
+        "stat-speedup speedup-" + verdict.kind);
       speed.id = "speedup";
+      speed.dataset.verdict = verdict.kind;
       summary.appendChild(speed);
-      summary.appendChild(stat("saved per request", ms(Math.max(0, seq.total_ms - par.total_ms))));
+      const saved = seq.total_ms - par.total_ms;
+      summary.appendChild(saved >= 0
+        ? stat("saved per request", ms(saved))
+        : stat("lost per request", ms(-saved), "stat-lost"));
       if (slowest > 0) {
         summary.appendChild(stat("ideal (sum of calls / slowest)", (sum / slowest).toFixed(2) + "\u00d7"));
       }
@@ -403,15 +461,31 @@
       summary.appendChild(stat("status", String(entry.status)));
       summary.appendChild(stat(entry.strategy + " total", ms(entry.total_ms)));
       summary.appendChild(stat("calls", String(entry.calls.length)));
+      const cached = entry.calls.filter((c) => c.cached).length;
+      if (cached) summary.appendChild(stat("served from cache", cached + " of " + entry.calls.length));
     }
+    const note = $("compare-note");
+    note.hidden = entries.length !== 2 || answers.some((a) => a.cache !== false);
     $("run-output").hidden = false;
+    fitTicks(out);
+  }
+
+  // Below 1 the parallel run was slower: say so, in a colour that does not look like a win.
+  function speedupVerdict(speedup) {
+    if (speedup >= 1.05) return { kind: "faster", text: "parallel faster" };
+    if (speedup > 0.95) return { kind: "even", text: "no real difference" };
+    return { kind: "slower", text: "parallel slower" };
   }
 
   // -- recent requests, live ---------------------------------------------------------------
 
   function addRecent(entries) {
     const box = $("recent");
-    for (const entry of entries) box.insertBefore(entryCard(entry), box.firstChild);
+    for (const entry of entries) {
+      const card = entryCard(entry);
+      box.insertBefore(card, box.firstChild);
+      fitTicks(card);
+    }
     while (box.children.length > RECENT_SHOWN) box.removeChild(box.lastChild);
     $("recent-note").hidden = box.children.length > 0;
     for (const when of box.querySelectorAll(".when")) when.textContent = ago(Number(when.dataset.at));
@@ -490,6 +564,11 @@
     $("run-form").addEventListener("submit", onRun);
     $("compare-button").addEventListener("click", onCompare);
     document.addEventListener("visibilitychange", schedule);
+    let refit = 0;
+    window.addEventListener("resize", () => {
+      cancelAnimationFrame(refit);
+      refit = requestAnimationFrame(() => fitTicks(document));
+    });
     schedule();
   }
 
