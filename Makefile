@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint unit bench install clean
+.PHONY: run test lint unit bench screenshot install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq wrk) || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 	$(BIN)/python benchmarks/run.py
 	GATEWAY_LOAD_REQUESTS=10000 $(BIN)/pytest -q -s tests/test_load.py  # the 10k storm
+
+# Redraws docs/dashboard.png from a live demo (Debian's chromium; no browser is downloaded).
+screenshot: $(STAMP)
+	$(BIN)/python scripts/dashboard_png.py --out docs/dashboard.png
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
