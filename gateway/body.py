@@ -1,13 +1,26 @@
 """Upstream bodies decoded and capped chunk by chunk (pure).
 
-The cap counts decoded bytes, and decompression itself is bounded: each
-compressed chunk may only produce what is left of the budget, so a gzip bomb
-costs at most `limit` bytes of memory, never the size it would inflate to.
+The cap counts decoded bytes, and decompression itself is bounded twice: no
+call to zlib produces more than `SLICE_BYTES` (so the caller can yield to the
+event loop between slices: a bomb never blocks it for more than a slice's
+worth of CPU), nor more than what is left of the cap (so a gzip bomb costs at
+most `limit` bytes of memory, never the size it would inflate to). Every
+decoded byte is also taken from the process's memory budget (budget.py).
+
+A `CappedBody` is also the one holder of the body's bytes while the call
+lasts: callers pass the holder around, not the bytes, and `discard` it when
+the call fails, so no exception, traceback or frame kept alive afterwards can
+keep the buffer alive with it.
 """
 
 from __future__ import annotations
 
 import zlib
+
+from .budget import Lease
+
+# The most one decompress call may produce: ~0.1-0.3 ms of CPU, then the loop runs again.
+SLICE_BYTES = 256 * 1024
 
 
 class BodyTooLarge(Exception):
@@ -19,14 +32,23 @@ class BodyUndecodable(Exception):
 
 
 class CappedBody:
-    """Collects a body's raw chunks, decoding `gzip`/`deflate`, never past `limit` bytes."""
+    """Collects a body's raw chunks, decoding `gzip`/`deflate`, never past `limit` bytes.
 
-    __slots__ = ("_chunks", "_decoder", "_deflate_raw_tried", "_limit", "_size")
+    `push(chunk)` decodes the first slice of a chunk and says whether more of it is left,
+    `more()` decodes the next slice (the caller yields to its event loop in between);
+    `feed(chunk)` does both at once. `finish()` joins the body, `take()` hands it over.
+    Any failure empties the holder before it is raised.
+    """
 
-    def __init__(self, content_encoding: str, limit: int) -> None:
+    __slots__ = ("_chunks", "_decoder", "_deflate_raw_tried", "_lease", "_limit",
+                 "_pending", "_size")
+
+    def __init__(self, content_encoding: str, limit: int, lease: Lease | None = None) -> None:
         self._limit = limit
+        self._lease = lease
         self._size = 0
         self._chunks: list[bytes] = []
+        self._pending = b""  # compressed input zlib has not consumed yet
         self._deflate_raw_tried = False
         encoding = content_encoding.strip().lower()
         if encoding in ("", "identity"):
@@ -38,42 +60,111 @@ class CappedBody:
         else:
             raise BodyUndecodable(f"unsupported content-encoding '{encoding[:40]}'")
 
+    @property
+    def size(self) -> int:
+        """Decoded bytes held."""
+        return self._size
+
     def feed(self, chunk: bytes) -> None:
+        """Take a raw chunk and decode all of it (slice by slice, without yielding)."""
+        pending = self.push(chunk)
+        while pending:
+            pending = self.more()
+
+    def push(self, chunk: bytes) -> bool:
+        """Take a raw chunk; True if part of it is still to decode (call `more` until False)."""
         if self._decoder is None:
-            self._add(chunk)
-            return
-        room = self._limit - self._size + 1  # one byte more than allowed tells "too large"
+            self._guarded_add(chunk)
+            return False
+        self._pending = chunk
+        return self.more()
+
+    def more(self) -> bool:
+        """Decode one more slice of the chunk fed last; True while some is still left."""
         try:
-            out = self._decoder.decompress(chunk, room)
-        except zlib.error as exc:
-            out = self._retry_raw_deflate(chunk, room, exc)
-        if self._decoder.unconsumed_tail:
-            raise BodyTooLarge
-        self._add(out)
+            self._step()
+        except BaseException:
+            self.discard()
+            raise
+        return bool(self._pending)
 
     def finish(self) -> bytes:
-        if self._decoder is not None:
-            try:
-                self._add(self._decoder.flush())
-            except zlib.error as exc:
-                raise BodyUndecodable(str(exc)) from exc
-        return b"".join(self._chunks)
+        """The body is complete: flush the decoder, join the chunks into one, return it."""
+        try:
+            while self._pending:
+                self._step()
+            if self._decoder is not None:
+                try:
+                    tail = self._decoder.flush()  # input all consumed: at most a few bytes
+                except zlib.error as exc:
+                    raise BodyUndecodable(str(exc)) from exc
+                self._add(tail)
+                if not self._decoder.eof:
+                    raise BodyUndecodable("compressed data ends early")
+        except BaseException:
+            self.discard()
+            raise
+        self._decoder = None
+        if len(self._chunks) > 1:
+            # One join at a time in the process (no await here): the copy is transient.
+            self._chunks = [b"".join(self._chunks)]
+        return self.value
 
-    def _retry_raw_deflate(self, chunk: bytes, room: int, exc: zlib.error) -> bytes:
+    @property
+    def value(self) -> bytes:
+        """The joined body (after `finish`); empty once discarded."""
+        return self._chunks[0] if self._chunks else b""
+
+    def take(self) -> bytes:
+        """Hand the body over; the holder is empty afterwards."""
+        value = self.value
+        self._chunks = []
+        return value
+
+    def discard(self) -> None:
+        """Let go of every byte held now (the budget lease is the caller's to release)."""
+        self._chunks = []
+        self._pending = b""
+        self._decoder = None
+
+    def _step(self) -> None:
+        decoder = self._decoder
+        assert decoder is not None
+        # One byte more than allowed tells "too large"; never more than a slice at once.
+        most = min(SLICE_BYTES, self._limit - self._size + 1)
+        data = self._pending
+        try:
+            out = decoder.decompress(data, most)
+        except zlib.error as exc:
+            out = self._retry_raw_deflate(data, most, exc)
+        self._pending = b"" if self._decoder is None else self._decoder.unconsumed_tail
+        self._add(out)
+
+    def _retry_raw_deflate(self, chunk: bytes, most: int, exc: zlib.error) -> bytes:
         # "deflate" is often sent without its zlib header; retry once as raw deflate.
         if self._size or self._deflate_raw_tried or self._decoder is None:
             raise BodyUndecodable(str(exc)) from exc
         self._deflate_raw_tried = True
         self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            return self._decoder.decompress(chunk, room)
+            return self._decoder.decompress(chunk, most)
         except zlib.error as again:
             raise BodyUndecodable(str(again)) from again
+
+    def _guarded_add(self, data: bytes) -> None:
+        try:
+            self._add(data)
+        except BaseException:
+            self.discard()
+            raise
 
     def _add(self, data: bytes) -> None:
         if not data:
             return
-        self._size += len(data)
-        if self._size > self._limit:
+        size = self._size + len(data)
+        if size > self._limit:
             raise BodyTooLarge
+        if self._lease is not None:
+            self._lease.take(len(data))  # BudgetExhausted when the process is at its budget
+        self._size = size
         self._chunks.append(data)

@@ -109,6 +109,7 @@ class GatewaySettings:
     max_upstream_bytes: int = 10 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     dashboard: bool = True
+    max_buffered_bytes: int = 256 * 1024 * 1024  # all calls in flight together (budget.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +294,8 @@ def _gateway(c: _Checker, raw: dict[str, Any]) -> GatewaySettings:
     p = "gateway"
     d = GatewaySettings()
     c.unknown(raw, p, {"strategy", "timeout", "deadline", "max_request_bytes",
-                       "max_upstream_bytes", "cors_origins", "dashboard"})
+                       "max_upstream_bytes", "max_buffered_bytes", "cors_origins",
+                       "dashboard"})
     origins = c.strings(raw, p, "cors_origins") or ()
     for i, origin in enumerate(origins):
         if origin != "*" and not _is_origin(origin):
@@ -304,6 +306,7 @@ def _gateway(c: _Checker, raw: dict[str, Any]) -> GatewaySettings:
         deadline=c.number(raw, p, "deadline", d.deadline),
         max_request_bytes=c.integer(raw, p, "max_request_bytes", d.max_request_bytes),
         max_upstream_bytes=c.integer(raw, p, "max_upstream_bytes", d.max_upstream_bytes),
+        max_buffered_bytes=c.integer(raw, p, "max_buffered_bytes", d.max_buffered_bytes),
         cors_origins=origins,
         dashboard=c.boolean(raw, p, "dashboard", d.dashboard),
     )

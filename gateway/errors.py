@@ -9,7 +9,8 @@
           ├── UpstreamUnavailable  connect error, reset, protocol error (502)
           ├── UpstreamStatus     the upstream answered non-2xx (4xx passes through, else 502)
           ├── UpstreamBadReply   non-JSON or oversize body (502)
-          └── CircuitOpen        the upstream's breaker is open (503 + Retry-After)
+          ├── CircuitOpen        the upstream's breaker is open (503 + Retry-After)
+          └── MemoryBudgetExhausted  the process holds `max_buffered_bytes` of bodies (503)
 
 The job API's own errors (`JobsError` and its subclasses) also derive from
 `GatewayError`; they are drawn in `gateway/jobs/store.py`.
@@ -93,3 +94,16 @@ class CircuitOpen(CallError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, None)
         self.retry_after = retry_after
+
+
+class MemoryBudgetExhausted(CallError):
+    """The reply's body would put the process past `gateway.max_buffered_bytes`.
+
+    Not the upstream's fault (its breaker does not count it) and not retried: the
+    budget is full because of the calls in flight, which a retry would join.
+    """
+
+    gateway_status = 503
+
+    def __init__(self, status: int | None = None) -> None:
+        super().__init__("gateway memory budget exhausted", status)

@@ -16,6 +16,8 @@
     gateway_jobs_in_store{state}                                 jobs in the store now (all
                                                                  processes sharing it)
     gateway_config_reloads_total{result}                         SIGHUP reloads, ok / refused
+    gateway_memory_budget_exhausted_total                        calls failed because the
+                                                                 process held max_buffered_bytes
 
 `outcome` is ok, cached, client_error (an upstream 4xx), error, timeout or circuit_open.
 `endpoint` is the route template (`/dashboard/<int:user_id>`), never the raw path, so the
@@ -126,6 +128,10 @@ class Metrics:
                                ["result"], registry=r)
         for result in ("ok", "refused"):
             self.reloads.labels(result)
+        self.budget_exhausted = Counter(
+            "gateway_memory_budget_exhausted",
+            "Upstream calls failed because bodies in flight filled gateway.max_buffered_bytes.",
+            registry=r)
         if not self.multiprocess:  # custom collectors do not work in multiprocess mode
             ProcessCollector(registry=r)
             GCCollector(registry=r)

@@ -190,6 +190,7 @@ def _switch(runtime: Runtime, config: Config, new: dict[str, Upstream]) -> None:
     old = runtime.upstreams
     runtime.upstreams = new
     runtime.config = config
+    runtime.budget.limit = config.gateway.max_buffered_bytes
     runtime.required = required_upstreams(config)
     grace = config.gateway.deadline + 1.0  # nothing in flight outlives its request
     for name, upstream in old.items():

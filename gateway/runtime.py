@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from .budget import MemoryBudget
 from .config import Config, UpstreamConfig
 from .health import required_upstreams
 from .jobs.store import JobStore
@@ -18,6 +19,9 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()  # its own registry: two gateways in a process never mix
+        # One budget for every upstream's bodies in flight; a reload changes its limit only.
+        self.budget = MemoryBudget(config.gateway.max_buffered_bytes,
+                                   on_exhausted=self.metrics.budget_exhausted.inc)
         self.upstreams = {name: self.new_upstream(cfg) for name, cfg in config.upstreams.items()}
         self.required = required_upstreams(config)  # for /readyz
         self._retired: dict[Upstream, asyncio.Task[None]] = {}  # replaced by a reload
@@ -28,7 +32,8 @@ class Runtime:
                      ) -> Upstream:
         """An upstream with its breaker, cache, batcher and metrics (not started)."""
         settings = (runtime_config or self.config).gateway
-        return Upstream(config, settings, metrics=self.metrics.upstream(config.name))
+        return Upstream(config, settings, metrics=self.metrics.upstream(config.name),
+                        budget=self.budget)
 
     def retire(self, upstream: Upstream, grace: float) -> None:
         """Close an upstream a reload replaced, once its calls in flight are done."""

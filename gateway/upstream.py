@@ -6,7 +6,8 @@ The timeout bounds the whole call (connect, pool wait, headers and every
 body byte), so a drip-feeding upstream times out too.
 
 A call walks: cache (GET, `cache_ttl`) -> singleflight -> circuit breaker ->
-retries within the timeout (retry.py) -> a `max_connections` slot -> `_send`.
+retries within the timeout (retry.py) -> a `max_connections` slot -> `_send`,
+whose body is read on the process's memory budget (reader.py, budget.py).
 Keyed calls (`load`) are coalesced by batch.py and sent the same way.
 """
 
@@ -22,30 +23,28 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
-import orjson
 
 from .batch import Batcher
-from .body import BodyTooLarge, BodyUndecodable, CappedBody
+from .body import CappedBody
 from .breaker import CircuitBreaker, counts_as_failure
+from .budget import Lease, MemoryBudget
 from .cache import ReplyCache, SingleFlight, vary_key
 from .config import HOP_BY_HOP, GatewaySettings, UpstreamConfig
 from .context import HeaderMap
 from .errors import (
     CallError,
-    UpstreamBadReply,
+    MemoryBudgetExhausted,
     UpstreamStatus,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .guard import TooDeep, loads_reply
 from .metrics import UpstreamMetrics, outcome
+from .reader import BodyReader
 from .retry import Retrier
 from .tracing import TRACE_HEADERS, trace_headers
 from .transport import AiohttpTransport
 
 USER_AGENT = "quart-aggregation-gateway"
-# Bodies above this are parsed off the event loop so one big reply cannot stall every request.
-_THREAD_PARSE_BYTES = 256 * 1024
 
 
 @dataclass(slots=True)
@@ -65,12 +64,16 @@ class Upstream:
 
     def __init__(self, config: UpstreamConfig, settings: GatewaySettings,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 metrics: UpstreamMetrics | None = None) -> None:
+                 metrics: UpstreamMetrics | None = None,
+                 budget: MemoryBudget | None = None) -> None:
         self.config = config
         self.name = config.name
         self.base = config.url
         self.timeout = config.timeout
         self.max_bytes = settings.max_upstream_bytes
+        self.reader = BodyReader(self.name, self.max_bytes, self.timeout)
+        # The runtime's, shared by every upstream; one of its own when built alone (tests).
+        self.budget = budget or MemoryBudget(settings.max_buffered_bytes)
         self._static_headers = [("user-agent", USER_AGENT), ("accept", "application/json"),
                                 ("accept-encoding", "gzip, deflate"), *config.headers]
         self._forward = config.forward_headers
@@ -189,7 +192,7 @@ class Upstream:
         if entry is not None:
             if self.metrics is not None:
                 self.metrics.cache(True)
-            return Reply(entry.status, await self._parse(entry.raw, entry.status),
+            return Reply(entry.status, await self.reader.parse(entry.raw, entry.status),
                          attempts=0, cached=True)
         if self.metrics is not None:
             self.metrics.cache(False)
@@ -200,7 +203,7 @@ class Upstream:
         if self.metrics is not None:
             self.metrics.shared()
         # Each request parses its own copy: a hook mutating its data cannot touch another's.
-        return Reply(reply.status, await self._parse(raw, reply.status), attempts=0,
+        return Reply(reply.status, await self.reader.parse(raw, reply.status), attempts=0,
                      cached=True)
 
     async def _fill(self, key: tuple[str, tuple[tuple[str, str], ...]], path_and_query: str,
@@ -221,7 +224,9 @@ class Upstream:
                 method, partial(self._attempt, method, path_and_query, headers, body))
         except CallError as error:
             if breaker is not None:
-                if counts_as_failure(error):
+                if isinstance(error, MemoryBudgetExhausted):
+                    breaker.cancel(trial)  # says nothing about the upstream's health
+                elif counts_as_failure(error):
                     breaker.failure(trial)
                 else:
                     breaker.success(trial)
@@ -237,7 +242,12 @@ class Upstream:
 
     async def _attempt(self, method: str, path_and_query: str, headers: list[tuple[str, str]],
                        body: bytes | None) -> tuple[Reply, bytes]:
-        """One attempt in a `max_connections` slot; the wait for it is `queued_ms`."""
+        """One attempt in a `max_connections` slot; the wait for it is `queued_ms`.
+
+        The reply's bytes are on the memory budget from their first chunk until parsed,
+        and only `received` holds them: emptied here when the attempt fails, so neither
+        the error nor the frames its traceback keeps can keep the buffer alive.
+        """
         slots = self._slots
         queued = None
         if slots.locked():
@@ -248,12 +258,21 @@ class Upstream:
                 self.metrics.queued(queued)
         else:
             await slots.acquire()
+        lease = self.budget.lease()
+        received: CappedBody | None = None
         try:
-            status, raw = await self._send(method, path_and_query, headers, body)
+            try:
+                status, received = await self._send(method, path_and_query, headers, body,
+                                                    lease)
+            finally:
+                slots.release()
+            data = await self.reader.parse_held(received, status)
+            raw = received.take()
         finally:
-            slots.release()
-        reply = Reply(status, await self._parse(raw, status),
-                      queued_ms=None if queued is None else queued * 1000.0)
+            if received is not None:
+                received.discard()
+            lease.release()
+        reply = Reply(status, data, queued_ms=None if queued is None else queued * 1000.0)
         return reply, raw
 
     async def close_when_idle(self, grace: float) -> None:
@@ -271,7 +290,7 @@ class Upstream:
             self._idle.set()
 
     async def _send(self, method: str, path_and_query: str, headers: list[tuple[str, str]],
-                    body: bytes | None) -> tuple[int, bytes]:
+                    body: bytes | None, lease: Lease) -> tuple[int, CappedBody]:
         # Requests go straight to the client's transport (httpx's public transport API):
         # `AsyncClient.send` adds auth, redirect, cookie and event-hook handling that a
         # gateway must not use anyway, at ~86 us of CPU per call (BENCHMARKS.md).
@@ -301,62 +320,16 @@ class Upstream:
             status = response.status_code
             if not 200 <= status < 300:
                 raise UpstreamStatus(f"upstream '{self.name}' answered {status}", status)
-            raw = await self._read_capped(response)
+            received = await self.reader.read(response, lease)
         finally:
             await response.aclose()
-        return status, raw
-
-    async def _read_capped(self, response: httpx.Response) -> bytes:
-        """The decoded body, refused as soon as it passes the cap (never fully buffered)."""
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise self._too_large(response.status_code)
-        try:
-            body = CappedBody(response.headers.get("content-encoding", ""), self.max_bytes)
-            async for chunk in response.aiter_raw():
-                body.feed(chunk)
-            return body.finish()
-        except BodyTooLarge:
-            raise self._too_large(response.status_code) from None
-        except BodyUndecodable as exc:
-            raise UpstreamBadReply(
-                f"upstream '{self.name}' sent a body that cannot be decoded ({exc})",
-                response.status_code,
-            ) from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(
-                f"upstream '{self.name}' timed out after {self.timeout:g}s"
-            ) from None
-        except httpx.DecodingError as exc:
-            raise UpstreamBadReply(
-                f"upstream '{self.name}' sent a body that cannot be decoded",
-                response.status_code,
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(
-                f"upstream '{self.name}' broke off its reply ({type(exc).__name__})",
-                response.status_code,
-            ) from exc
-
-    def _too_large(self, status: int) -> CallError:
-        return UpstreamBadReply(
-            f"upstream '{self.name}' sent a body over {self.max_bytes} bytes", status
-        )
-
-    async def _parse(self, raw: bytes, status: int) -> Any:
-        if not raw.strip():
-            return None
-        try:
-            if len(raw) > _THREAD_PARSE_BYTES:
-                return await asyncio.to_thread(loads_reply, raw)
-            return loads_reply(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamBadReply(
-                f"upstream '{self.name}' answered {status} with a body that is not JSON", status
-            ) from None
-        except TooDeep as exc:  # the envelope could not carry it (guard.py)
-            raise UpstreamBadReply(
-                f"upstream '{self.name}' answered {status} with JSON {exc}", status) from None
+        del response  # a failure raised below keeps this frame, not the connection's buffers
+        if isinstance(received, CallError):
+            try:
+                raise received
+            finally:
+                del received  # no cycle through this frame: freed without the GC
+        return status, received
 
 
 def _no_cookies() -> CookieJar:

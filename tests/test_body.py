@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import zlib
 
 import pytest
 
-from gateway.body import BodyTooLarge, BodyUndecodable, CappedBody
+from gateway.body import SLICE_BYTES, BodyTooLarge, BodyUndecodable, CappedBody
+from gateway.budget import BudgetExhausted, MemoryBudget
 
 
 def _feed(encoding: str, data: bytes, limit: int, chunk: int = 1024) -> bytes:
@@ -61,3 +63,67 @@ def test_corrupt_gzip_is_undecodable() -> None:
 def test_unknown_encoding_is_undecodable() -> None:
     with pytest.raises(BodyUndecodable, match="unsupported content-encoding 'br'"):
         CappedBody("br", 1000)
+
+
+def _bomb_chunk(decoded: int = 50_000_000, size: int = 65536) -> bytes:
+    return gzip.compress(b"\0" * decoded)[:size]
+
+
+def test_decompression_yields_one_slice_at_a_time() -> None:
+    body = CappedBody("gzip", 10_000_000)
+    pending = body.push(_bomb_chunk(decoded=8_000_000))
+    sizes = [0, body.size]
+    while pending:
+        pending = body.more()
+        sizes.append(body.size)
+    steps = [b - a for a, b in itertools.pairwise(sizes)]
+    assert sum(steps) == 8_000_000
+    assert len(steps) > 10
+    assert max(steps) <= SLICE_BYTES  # no single zlib call inflates more than a slice
+
+
+def test_slices_stop_at_the_cap() -> None:
+    body = CappedBody("gzip", 1_000_000)
+    with pytest.raises(BodyTooLarge):
+        body.feed(_bomb_chunk())  # push, then more() until refused
+    assert body.size <= 1_000_000
+    assert body.value == b""  # the holder let go of what it had decoded
+
+
+def test_decoded_bytes_are_taken_from_the_budget() -> None:
+    budget = MemoryBudget(10_000_000)
+    lease = budget.lease()
+    raw = b'{"items": [1, 2, 3]}' * 5000
+    body = CappedBody("gzip", 1_000_000, lease)
+    body.feed(gzip.compress(raw))
+    assert body.finish() == raw
+    assert lease.size == budget.held == len(raw)
+    assert body.take() == raw
+    assert body.value == b""
+
+
+def test_a_body_past_the_budget_is_refused_and_emptied() -> None:
+    budget = MemoryBudget(100_000)
+    budget.lease().take(60_000)  # another call in flight
+    body = CappedBody("", 1_000_000, budget.lease())
+    body.feed(b"x" * 30_000)
+    with pytest.raises(BudgetExhausted):
+        body.feed(b"x" * 30_000)
+    assert (budget.held, body.value) == (90_000, b"")
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+def test_body_exactly_at_the_cap_after_slices_is_accepted(encoding: str) -> None:
+    raw = b"y" * (3 * SLICE_BYTES)
+    data = gzip.compress(raw) if encoding else raw
+    assert _feed(encoding, data, len(raw), chunk=65536) == raw
+
+
+def test_truncated_compressed_data_is_undecodable_and_empties_the_body() -> None:
+    good = gzip.compress(b",".join(str(i * 7919).encode() for i in range(100_000)))
+    body = CappedBody("gzip", 10_000_000)
+    body.feed(good[:20_000])
+    assert body.size > 0
+    with pytest.raises(BodyUndecodable, match="ends early"):
+        body.finish()
+    assert body.value == b""

@@ -800,3 +800,22 @@ def test_parse_config_raises_only_config_error(raw: Any) -> None:
     else:
         assert isinstance(cfg, Config)
     assert all(isinstance(p, str) and ": " in p for p in found)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, "gateway.max_buffered_bytes: must be >= 1"),
+        (-5, "gateway.max_buffered_bytes: must be >= 1"),
+        ("256MiB", "gateway.max_buffered_bytes: must be an integer, not a string"),
+        (1.5, "gateway.max_buffered_bytes: must be an integer, not a number"),
+    ],
+)
+def test_max_buffered_bytes_is_a_positive_integer(value: Any, expected: str) -> None:
+    assert only_problem({"gateway": {"max_buffered_bytes": value}}) == expected
+
+
+def test_max_buffered_bytes_defaults_to_256_mib_and_may_be_below_the_per_call_cap() -> None:
+    assert parse_config({}, env={}).gateway.max_buffered_bytes == 256 * 1024 * 1024
+    small = parse_config({"gateway": {"max_buffered_bytes": 1024}}, env={})
+    assert small.gateway.max_buffered_bytes == 1024  # bodies over it are then 503s

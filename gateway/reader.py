@@ -1,0 +1,145 @@
+"""Reading one upstream reply's body: capped, on the memory budget, parsed, and let go.
+
+The body streams into a `CappedBody` (body.py) that takes every decoded byte
+from the call's budget lease; compressed bodies are inflated a slice at a
+time with the event loop running in between. A body that fails (too large,
+over the budget, undecodable, not JSON, broken off) is reported as a
+`CallError` that holds no part of it: failures are returned from the
+`except` blocks rather than raised there, so the new error carries no
+`__context__`, and with it no low-level exception, traceback or frame that
+still points at the buffer (orjson's `JSONDecodeError.doc` is a copy of the
+whole document). The caller empties the holder when the call fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import orjson
+
+from .body import BodyTooLarge, BodyUndecodable, CappedBody
+from .budget import BudgetExhausted, Lease
+from .errors import (
+    CallError,
+    MemoryBudgetExhausted,
+    UpstreamBadReply,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .guard import TooDeep, loads_reply
+
+# Bodies above this are parsed off the event loop so one big reply cannot stall every request.
+THREAD_PARSE_BYTES = 256 * 1024
+
+
+class BodyReader:
+    """The body policy of one upstream: its name (for messages), cap and timeout."""
+
+    __slots__ = ("max_bytes", "name", "timeout")
+
+    def __init__(self, name: str, max_bytes: int, timeout: float) -> None:
+        self.name = name
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    async def read(self, response: httpx.Response, lease: Lease) -> CappedBody | CallError:
+        """The decoded body, or why not: refused as soon as it passes the cap or the budget."""
+        status = response.status_code
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return self._too_large(status)
+        try:
+            body = CappedBody(response.headers.get("content-encoding", ""), self.max_bytes,
+                              lease)
+        except BodyUndecodable as exc:
+            return self._undecodable(status, f" ({exc})")
+        received = False
+        try:
+            await _receive(response, body)
+            received = True
+            return body
+        except BodyTooLarge:
+            return self._too_large(status)
+        except BudgetExhausted:
+            return MemoryBudgetExhausted(status)
+        except BodyUndecodable as exc:
+            return self._undecodable(status, f" ({exc})")
+        except httpx.TimeoutException:
+            return UpstreamTimeout(f"upstream '{self.name}' timed out after {self.timeout:g}s")
+        except httpx.DecodingError:
+            return self._undecodable(status, "")
+        except httpx.HTTPError as exc:
+            return UpstreamUnavailable(
+                f"upstream '{self.name}' broke off its reply ({type(exc).__name__})", status)
+        finally:
+            if not received:  # failed or cancelled: drop what was read at once
+                body.discard()
+
+    async def parse_held(self, body: CappedBody, status: int) -> Any:
+        """Parse a body still in its holder (bigger ones off the event loop)."""
+        if len(body.value) > THREAD_PARSE_BYTES:
+            # The worker reads the holder, so a call cancelled meanwhile leaves no copy here.
+            result = await asyncio.get_running_loop().run_in_executor(None, _parse_body, body)
+        else:
+            result = _parse_body(body)
+        if isinstance(result, _NotJson):
+            raise self._not_json(result, status)
+        return result
+
+    async def parse(self, raw: bytes, status: int) -> Any:
+        """Parse bytes the cache holds anyway (a hit, or a reply shared by a flight)."""
+        if len(raw) > THREAD_PARSE_BYTES:
+            result = await asyncio.to_thread(_parse_json, raw)
+        else:
+            result = _parse_json(raw)
+        if isinstance(result, _NotJson):
+            raise self._not_json(result, status)
+        return result
+
+    def _too_large(self, status: int) -> CallError:
+        return UpstreamBadReply(
+            f"upstream '{self.name}' sent a body over {self.max_bytes} bytes", status)
+
+    def _undecodable(self, status: int, detail: str) -> CallError:
+        return UpstreamBadReply(
+            f"upstream '{self.name}' sent a body that cannot be decoded{detail}", status)
+
+    def _not_json(self, result: _NotJson, status: int) -> CallError:
+        return UpstreamBadReply(
+            f"upstream '{self.name}' answered {status} with {result.problem}", status)
+
+
+class _NotJson:
+    """Why a body did not parse: returned, not raised, so no exception holds the body."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw or raw.isspace():  # without `strip()`, which would copy the whole body
+        return None
+    try:
+        return loads_reply(raw)
+    except orjson.JSONDecodeError:  # its `doc` is a copy of the whole body: dropped here
+        return _NotJson("a body that is not JSON")
+    except TooDeep as exc:  # the envelope could not carry it (guard.py)
+        return _NotJson(f"JSON {exc}")
+
+
+def _parse_body(body: CappedBody) -> Any:
+    return _parse_json(body.value)
+
+
+async def _receive(response: httpx.Response, body: CappedBody) -> None:
+    """Feed the raw chunks to `body`, yielding to the loop between decoded slices."""
+    async for chunk in response.aiter_raw():
+        pending = body.push(chunk)
+        while pending:
+            await asyncio.sleep(0)
+            pending = body.more()
+    body.finish()

@@ -1,0 +1,50 @@
+"""The process-wide memory budget: leases that share one limit and give everything back."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.budget import BudgetExhausted, MemoryBudget
+
+
+def test_leases_share_one_limit() -> None:
+    budget = MemoryBudget(1000)
+    one, two = budget.lease(), budget.lease()
+    one.take(600)
+    two.take(400)
+    assert budget.held == 1000
+    with pytest.raises(BudgetExhausted):
+        two.take(1)
+
+
+def test_a_refused_take_changes_nothing_and_is_heard() -> None:
+    refused: list[int] = []
+    budget = MemoryBudget(100, on_exhausted=lambda: refused.append(1))
+    lease = budget.lease()
+    lease.take(60)
+    with pytest.raises(BudgetExhausted):
+        lease.take(41)
+    assert (lease.size, budget.held, refused) == (60, 60, [1])
+
+
+def test_release_gives_back_the_whole_lease_once() -> None:
+    budget = MemoryBudget(100)
+    lease, other = budget.lease(), budget.lease()
+    lease.take(30)
+    lease.take(30)
+    other.take(10)
+    lease.release()
+    lease.release()
+    assert (lease.size, budget.held) == (0, 10)
+    budget.lease().take(90)  # the room is really free again
+
+
+def test_a_lower_limit_refuses_new_bytes_but_keeps_what_is_held() -> None:
+    budget = MemoryBudget(100)
+    lease = budget.lease()
+    lease.take(80)
+    budget.limit = 50  # a reload
+    with pytest.raises(BudgetExhausted):
+        budget.lease().take(1)
+    lease.release()
+    assert budget.held == 0
