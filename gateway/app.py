@@ -20,9 +20,10 @@ from typing import Any
 import orjson
 from quart import Quart, Response, g, has_request_context, has_websocket_context, request, websocket
 from quart.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing.exceptions import WebsocketMismatch
 
-from . import dashboard, envelope, guard, health, jobs, openapi, reload, stream
+from . import dashboard, envelope, guard, health, jobs, methods, openapi, reload, stream
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .engine import OnCall, execute
@@ -227,6 +228,7 @@ class Gateway:
         app.add_url_rule("/<path:_path>", "aggregate", self._dispatch, methods=_METHODS,
                          provide_automatic_options=False)
         app.register_error_handler(HTTPException, self._http_error)
+        app.make_default_options_response = self._options  # type: ignore[method-assign]
         app.register_error_handler(Exception, self._internal_error)
         stream.register(self)
         dashboard.register(self)
@@ -247,7 +249,12 @@ class Gateway:
             return self._preflight()
         try:
             target, params = self.router.match(request.path, request.method)
-            g.gateway_target = target  # the route template labels the request's metrics
+        except RequestError as error:
+            if error.status in (404, 405):
+                return self._unrouted(started)
+            return self._error(error.status, str(error), headers, started)
+        g.gateway_target = target  # the route template labels the request's metrics
+        try:
             body = await _body(target)
             ctx = self.context(target, params, method=request.method, path=request.path,
                                query=request.args, headers=headers, body=body,
@@ -272,8 +279,36 @@ class Gateway:
         return Response(envelope.dumps(result.body), status=status, headers=result.headers,
                         content_type="application/json")
 
+    def _unrouted(self, started: float) -> Response:
+        """No route serves this method here: 404, or 405 with `Allow`, or `OPTIONS`' 204."""
+        path, method = request.path, request.method
+        allowed, target = self.router.allowed(path)
+        if target is not None:
+            g.gateway_target = target  # a 405 counts under its route, not as unmatched
+        allowed |= methods.builtin_methods(self.app.url_map, path)
+        if not allowed:
+            return self._error(404, f"no endpoint for {method} {path}", request.headers,
+                               started)
+        allow = methods.allow_header(allowed)
+        if method == "OPTIONS":
+            return Response(b"", status=204, headers={"Allow": allow})
+        response = self._error(405, f"{method} is not allowed on {path} (allowed: {allow})",
+                               request.headers, started)
+        response.headers["Allow"] = allow
+        return response
+
+    async def _options(self) -> Response:
+        """Quart's automatic `OPTIONS` for the gateway's own routes, with their own `Allow`."""
+        return self._unrouted(time.perf_counter())
+
     async def _http_error(self, error: HTTPException) -> Response:
         status = error.code or 500
+        if isinstance(error, MethodNotAllowed) and has_request_context():
+            return self._unrouted(time.perf_counter())  # TRACE, CONNECT, BREW...
+        if isinstance(error, WebsocketMismatch):
+            path = websocket.path if has_websocket_context() else ""
+            return self._error(404, f"no WebSocket endpoint at {path} (streaming is at /ws)",
+                               _incoming_headers(), time.perf_counter())
         if status == 413:
             message = f"request body over {self.config.gateway.max_request_bytes} bytes"
         else:

@@ -90,8 +90,11 @@ def hypercorn_config(path: str | None, bind: str | None = None,
     if path and Path(path).is_file():
         config = HypercornConfig.from_toml(path)
     else:
+        from .guard import MAX_HEAD_BYTES
+
         config = HypercornConfig()
         config.bind = ["127.0.0.1:8000"]
+        config.h11_max_incomplete_size = MAX_HEAD_BYTES  # as hypercorn.toml: 414/431 enveloped
     if sys.platform != "win32":
         config.worker_class = "uvloop"
     if bind:

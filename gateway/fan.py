@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlencode
 from .context import RequestContext
 from .envelope import CallRecord, dumps
 from .errors import CallError, RequestError
+from .template import path_value_problem
 from .upstream import Upstream
 
 OnCall = Callable[[CallRecord, Any], None]
@@ -78,9 +79,13 @@ class Fan:
                        unique)
 
     def segment(self, value: Any) -> str:
-        """`value` percent-encoded as one path segment, for paths built from input."""
+        """`value` percent-encoded as one path segment, for paths built from input.
+
+        Refused as a config placeholder's value would be: empty, a `.` or `..` segment
+        between its slashes, or CR/LF/NUL.
+        """
         text = str(value)
-        if text in (".", "..") or any(ch in text for ch in "\r\n\0"):
+        if path_value_problem(text) is not None or any(ch in text for ch in "\r\n\0"):
             raise RequestError(f"'{text[:40]}' cannot be used as a path segment")
         return quote(text, safe="")
 

@@ -8,10 +8,13 @@ not serve:
   classic request-smuggling shape; the connection is closed so no byte of
   an ambiguous body can be read as a next request);
 - a header value holding CR, LF or NUL (h11 already refuses these on the
-  wire; other servers and in-process clients may not);
+  wire; other servers and in-process clients may not), or a path holding
+  them once percent-decoded (`/items/a%0d%0a`: 400, before any route value);
 - a head larger than `MAX_HEADER_BYTES` (431) or a target longer than
-  `MAX_TARGET_BYTES` (414): h11's `h11_max_incomplete_size` only bounds a head
-  that arrives in pieces, so one 60 KiB packet would pass it.
+  `MAX_TARGET_BYTES` (414), with the envelope. h11's `h11_max_incomplete_size`
+  only bounds a head that arrives in pieces (one 60 KiB packet passes it), and
+  answers a bare 431; so it is set to `MAX_HEAD_BYTES`, above both limits: the
+  heads refused here reach the guard, and memory per connection stays bounded.
 
 `too_deep` bounds JSON nesting. orjson refuses to parse past 1024 levels
 and to encode past 254, so a deeper value would turn into a 500 wherever
@@ -35,11 +38,15 @@ from .errors import RequestError
 MAX_REQUEST_DEPTH = 64  # levels of nested objects/arrays in a request body
 MAX_REPLY_DEPTH = 128  # ... in an upstream reply (the envelope adds a few levels on top)
 
-MAX_HEADER_BYTES = 16 * 1024  # names + values, as hypercorn.toml's h11_max_incomplete_size
+MAX_HEADER_BYTES = 16 * 1024  # names + values
 MAX_TARGET_BYTES = 8 * 1024  # path + query string
+# hypercorn.toml's h11_max_incomplete_size: the server's hard cap on a head in memory. Above
+# both limits, so that a head the guard refuses reaches it and is answered with the envelope.
+MAX_HEAD_BYTES = 64 * 1024
 
 _ORJSON_MAX_DEPTH = 254  # the deepest value orjson.dumps encodes (documented limit: 255)
 _CONTROL = re.compile(rb"[\r\n\x00]")
+_CONTROL_TEXT = re.compile(r"[\r\n\x00]")
 
 
 def too_deep(value: Any, limit: int, raw: bytes | None = None) -> bool:
@@ -83,11 +90,17 @@ def bounded_body(value: Any, raw: bytes | None = None) -> Any:
     return value
 
 
-def framing_problem(headers: Iterable[tuple[bytes, bytes]], target: int = 0
-                    ) -> tuple[int, str] | None:
-    """Why a request must be refused before routing, as (status, reason), or None."""
+def framing_problem(headers: Iterable[tuple[bytes, bytes]], target: int = 0,
+                    path: str = "") -> tuple[int, str] | None:
+    """Why a request must be refused before routing, as (status, reason), or None.
+
+    `path` is the percent-decoded path: `%0d%0a` in it would reach route values (and, as
+    werkzeug's `path` converter stops at a newline, turn into a confusing 404).
+    """
     if target > MAX_TARGET_BYTES:
         return 414, f"request target is longer than {MAX_TARGET_BYTES} bytes"
+    if _CONTROL_TEXT.search(path) is not None:
+        return 400, "request path holds CR, LF or NUL (percent-decoded)"
     length = chunked = False
     size = 0
     for name, value in headers:  # a few microseconds for a browser's dozen headers
@@ -115,8 +128,9 @@ class FramingGuard:
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
                        send: ASGISendCallable) -> None:
         if scope["type"] in ("http", "websocket"):
-            target = len(scope.get("raw_path") or b"") + len(scope["query_string"])
-            problem = framing_problem(scope["headers"], target)
+            query = len(scope["query_string"])
+            target = len(scope.get("raw_path") or b"") + (query + 1 if query else 0)  # `?`
+            problem = framing_problem(scope["headers"], target, scope["path"])
             if problem is not None:
                 if scope["type"] == "http":
                     await self._refuse(*problem, scope, send)

@@ -18,14 +18,13 @@ from urllib.parse import quote
 from .config import Config, EndpointConfig, route_params
 from .errors import CallInputError, ConfigError, RequestError
 from .template import (
-    UNSAFE_SEGMENTS,
     BodyTemplate,
     Inputs,
     Ref,
     UrlTemplate,
     lookup,
+    path_value_problem,
     scalar_text,
-    segment_problem,
 )
 
 Combine = Callable[[dict[str, Any], Any], Any | Awaitable[Any]]
@@ -106,8 +105,8 @@ class Plan:
             value = lookup(check.ref, inputs, check.call)
             if check.in_url:
                 text = scalar_text(value, check.ref, check.call)
-                if check.in_path and text in UNSAFE_SEGMENTS:
-                    raise RequestError(f"value of {check.ref.text} {segment_problem(text)}")
+                if check.in_path and (problem := path_value_problem(text)) is not None:
+                    raise RequestError(f"value of {check.ref.text} {problem}")
 
 
 def compile_plans(config: Config) -> tuple[Plan, ...]:

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.routing import Map, RequestRedirect, Rule
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, RequestRedirect, RoutingException, Rule
 
 from .config import RESERVED_PREFIXES
 from .errors import RequestError
@@ -72,7 +72,9 @@ class Router:
         self._targets.append(target)
 
     def match(self, path: str, method: str) -> tuple[Target, dict[str, Any]]:
-        """The target and its route parameters; `RequestError` 404/405 otherwise."""
+        """The target and its route parameters; `RequestError` 400/404/405 otherwise."""
+        if any(ch in path for ch in "\r\n\0"):  # werkzeug's `path` converter stops at \n
+            raise RequestError("request path holds CR, LF or NUL (percent-decoded)")
         try:
             index, params = self._adapter.match(path, method)
             params = dict(params)
@@ -83,6 +85,17 @@ class Router:
         except (NotFound, RequestRedirect):
             raise RequestError(f"no endpoint for {method} {path}", 404) from None
         return self._targets[index], params
+
+    def allowed(self, path: str) -> tuple[frozenset[str], Target | None]:
+        """The methods some route serves `path` with (HEAD with GET), and one such target."""
+        methods = frozenset(self._adapter.allowed_methods(path))
+        for method in sorted(methods):
+            try:
+                index, _ = self._adapter.match(path, method)
+            except (HTTPException, RoutingException):  # pragma: no cover - just allowed
+                continue
+            return methods, self._targets[index]
+        return methods, None
 
 
 def check_route(route: str) -> None:

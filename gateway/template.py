@@ -25,12 +25,24 @@ REQUEST_SOURCES = ("query", "header", "body")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 _FORBIDDEN = ("\r", "\n", "\0")
-# Path values that would change which upstream path is called (`/users/` is a list endpoint).
-UNSAFE_SEGMENTS = ("", ".", "..")
+_DOT_SEGMENTS = (".", "..")
 
 
-def segment_problem(text: str) -> str:
-    return "is empty (an empty path segment)" if not text else "is a '.' or '..' path segment"
+def path_value_problem(text: str) -> str | None:
+    """Why `text` cannot fill a path placeholder, or None.
+
+    Empty would change which path is called (`/users/` is a list endpoint). A value is
+    encoded as one segment, `/` included, so `a/../admin` stays one; but an upstream or a
+    proxy before it that decodes `%2F` would walk up, so a `.` or `..` between slashes is
+    refused too (the value as the client's encoding decoded it: `%2e%2e` stays text).
+    """
+    if not text:
+        return "is empty (an empty path segment)"
+    if text in _DOT_SEGMENTS:
+        return "is a '.' or '..' path segment"
+    if any(seg in _DOT_SEGMENTS for seg in text.split("/")):
+        return "holds a '.' or '..' path segment"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +202,8 @@ class UrlTemplate:
                 out.append(part)
                 continue
             text = scalar_text(lookup(part, inputs, call), part, call)
-            if self.in_path and text in UNSAFE_SEGMENTS:
-                raise _bad(part, call, segment_problem(text))
+            if self.in_path and (problem := path_value_problem(text)) is not None:
+                raise _bad(part, call, problem)
             out.append(quote(text, safe="") if encode else text)
         return "".join(out)
 

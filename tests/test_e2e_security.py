@@ -40,7 +40,7 @@ def _paths_config(server: RecordingServer, base: str = "") -> dict[str, Any]:
 # value sent by the client -> how the one path segment / query value must look upstream
 HOSTILE = [
     ("a/b", "a%2Fb"),
-    ("../../admin", "..%2F..%2Fadmin"),
+    ("..%2F..%2Fadmin", "..%252F..%252Fadmin"),  # text: '../..' itself is a 400 (below)
     ("%2e%2e", "%252e%252e"),
     ("%2F..%2Fadmin", "%252F..%252Fadmin"),
     ("x?x=1", "x%3Fx%3D1"),
@@ -89,8 +89,7 @@ async def test_header_value_is_one_encoded_segment(
         ("/items/%252e%252e", "%252e%252e"),
         ("/items/...", "..."),
         ("/files/a/b", "a%2Fb"),
-        ("/files/a%2F..%2F..%2Fetc", "a%2F..%2F..%2Fetc"),
-        ("/files/x/../../etc/passwd", "x%2F..%2F..%2Fetc%2Fpasswd"),
+        ("/files/a/...b/c..", "a%2F...b%2Fc.."),
     ],
 )
 async def test_route_value_is_one_encoded_segment(
@@ -111,8 +110,11 @@ async def test_base_path_of_the_upstream_cannot_be_left(
     up = await upstream(echo)
     client = await gateway_client(_paths_config(up, base="/api/v1"))
     response = await client.get("/search", query_string={"q": "../../../admin"})
+    assert response.status_code == 400  # a dot segment, even encoded, never goes upstream
+    assert up.requests == 0
+    response = await client.get("/search", query_string={"q": "//admin"})
     assert response.status_code == 200
-    assert up.last.path == "/api/v1/s/..%2F..%2F..%2Fadmin"
+    assert up.last.path == "/api/v1/s/%2F%2Fadmin"
 
 
 @pytest.mark.parametrize(
@@ -122,6 +124,15 @@ async def test_base_path_of_the_upstream_cannot_be_left(
         ("/items/%2E", None),
         ("/items/..", None),
         ("/files/..", None),
+        ("/files/a%2F..%2F..%2Fetc", None),
+        ("/files/x/../../etc/passwd", None),
+        ("/files/./x", None),
+        ("/items/a%0d%0ab", None),
+        ("/items/a%0A", None),
+        ("/items/a%00", None),
+        ("/files/a/%0d%0a/b", None),
+        ("/search", {"q": "../../admin"}),
+        ("/search", {"q": "a/./b"}),
         ("/search", {"q": ".."}),
         ("/search", {"q": "."}),
         ("/search", {"q": "a\r\nX-Injected: 1"}),

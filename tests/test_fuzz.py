@@ -39,8 +39,11 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=12,
 )
-# Mostly the values that do get through, so the success branch is well exercised.
-anything = st.one_of(scalars, scalars, json_values)
+# Mostly the values that do get through, so the success branch is well exercised; and the
+# slash-and-dot shapes that random text rarely hits.
+dotted = st.lists(st.sampled_from(["", ".", "..", "...", "a", "%2e"]), min_size=1,
+                  max_size=4).map("/".join)
+anything = st.one_of(scalars, scalars, json_values, dotted)
 
 
 def _attempt(func: Any, *args: Any, **kwargs: Any) -> tuple[Any, Exception | None]:
@@ -86,9 +89,11 @@ def test_any_values_in_every_placeholder_never_leave_the_upstream(
     inputs = Inputs({"id": pid}, {"q": q}, {"h": h}, {"b": b}, {"c0": {"f": f}})
     (call,) = [c for c in URL_PLAN.calls if c.name == "c1"]
     texts = [_text(v) for v in (pid, q, h, b, f)]
-    # Every one of them lands in the path, where "", "." and ".." are refused as values
-    # (even inside a longer segment: the check is per placeholder, on the safe side).
-    refusable = None in texts or any(t in ("", ".", "..") for t in texts)
+    # Every one of them lands in the path, where "" and a "." or ".." between slashes are
+    # refused as values (even inside a longer segment: the check is per placeholder, on the
+    # safe side).
+    refusable = None in texts or any(
+        t == "" or any(seg in (".", "..") for seg in t.split("/")) for t in texts if t is not None)
     url, error = _attempt(call.render_url, inputs)
     if error is not None:
         assert isinstance(error, RequestError | CallInputError), error

@@ -122,3 +122,14 @@ def test_framing_problem_refuses(headers: list[tuple[bytes, bytes]], target: int
 )
 def test_framing_problem_passes_what_is_legal(headers: list[tuple[bytes, bytes]]) -> None:
     assert framing_problem(headers, MAX_TARGET_BYTES) is None
+
+
+@pytest.mark.parametrize("path", ["/items/a\r\nb", "/items/\n", "/x\x00", "/files/a/\r/b"])
+def test_framing_problem_refuses_a_decoded_path_holding_cr_lf_or_nul(path: str) -> None:
+    assert framing_problem([], len(path), path) == (
+        400, "request path holds CR, LF or NUL (percent-decoded)")
+
+
+@pytest.mark.parametrize("path", ["/items/a b", "/items/%0d%0a", "/caf\u00e9\t", "/"])
+def test_framing_problem_passes_other_paths(path: str) -> None:
+    assert framing_problem([], len(path), path) is None

@@ -145,3 +145,22 @@ def test_a_code_view_on_a_plan_route_with_another_method_coexists() -> None:
     router = Router(plans("/orders"), [view("/orders", ("POST",))])
     assert isinstance(router.match("/orders", "GET")[0], Plan)
     assert isinstance(router.match("/orders", "POST")[0], CodeView)
+
+
+def test_allowed_names_every_method_a_path_is_served_with_and_a_target() -> None:
+    router = Router(plans("/orders", ("/orders", "POST"), "/users/<int:id>"))
+    methods, target = router.allowed("/orders")
+    assert methods == {"GET", "HEAD", "POST"}
+    assert target is not None
+    assert target.route == "/orders"
+    assert router.allowed("/users/7")[0] == {"GET", "HEAD"}
+    assert router.allowed("/users/x") == (frozenset(), None)  # the converter refuses it
+    assert router.allowed("/nope") == (frozenset(), None)
+
+
+@pytest.mark.parametrize("path", ["/posts/a\r\nb", "/posts/a\nb", "/posts/a\x00", "/files/x/\n"])
+def test_a_path_holding_cr_lf_or_nul_is_a_400_not_a_404(path: str) -> None:
+    router = Router(plans("/posts/<slug>", "/files/<path:rest>"))
+    error = error_of(router, path)
+    assert (error.status, str(error)) == (
+        400, "request path holds CR, LF or NUL (percent-decoded)")

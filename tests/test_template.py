@@ -21,6 +21,7 @@ from gateway.template import (
     TemplateSyntaxError,
     UrlTemplate,
     parse_refs,
+    path_value_problem,
 )
 
 PARAMS = ("user_id", "slug")
@@ -166,7 +167,7 @@ def test_null_counts_as_missing() -> None:
     ("raw", "encoded"),
     [
         ("a/b", "a%2Fb"),
-        ("../admin", "..%2Fadmin"),
+        ("..%2Fadmin", "..%252Fadmin"),
         ("a?x=1", "a%3Fx%3D1"),
         ("a#frag", "a%23frag"),
         ("me@evil.example", "me%40evil.example"),
@@ -194,7 +195,8 @@ def test_render_without_encoding_keeps_the_raw_text() -> None:
 
 
 _SAFE_TEXT = st.text().filter(
-    lambda s: s not in ("", ".", "..") and not any(c in s for c in "\r\n\0")
+    lambda s: s != "" and not any(seg in (".", "..") for seg in s.split("/"))
+    and not any(c in s for c in "\r\n\0")
 )
 
 
@@ -235,6 +237,51 @@ def test_dot_segments_from_the_request_are_a_400(dots: str) -> None:
 def test_dot_segments_from_a_reply_fail_the_call(dots: str) -> None:
     with pytest.raises(CallInputError, match=r"is a '\.' or '\.\.' path segment"):
         path("/files/{user.dir}").render(inputs(results={"user": {"dir": dots}}), "c")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "is empty"),
+        (".", "is a '.' or '..'"),
+        ("..", "is a '.' or '..'"),
+        ("../admin", "holds a '.' or '..'"),
+        ("a/../../etc", "holds a '.' or '..'"),
+        ("a/./b", "holds a '.' or '..'"),
+        ("a/..", "holds a '.' or '..'"),
+        ("/..", "holds a '.' or '..'"),
+        ("a", None),
+        ("a/b", None),
+        ("...", None),
+        ("a..b/..c/.d", None),
+        ("%2e%2e/x", None),  # the client's encoding is decoded once, by the server: text
+        ("a//b", None),
+        ("..\\x", None),  # split on '/' only, as a URL is
+    ],
+)
+def test_path_value_problem_names_empty_values_and_dot_segments(
+    text: str, problem: str | None
+) -> None:
+    found = path_value_problem(text)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+@pytest.mark.parametrize("value", ["../admin", "a/../../etc", "x/./y", "a/.."])
+def test_a_dot_segment_inside_a_path_value_is_refused(value: str) -> None:
+    with pytest.raises(RequestError, match=r"holds a '\.' or '\.\.' path segment"):
+        path("/files/{query.name}").render(inputs(query={"name": value}), "c")
+    with pytest.raises(RequestError, match=r"holds a '\.' or '\.\.' path segment"):
+        path("/files/{slug}").render(inputs(params={"slug": value}), "c")
+    with pytest.raises(CallInputError, match=r"holds a '\.' or '\.\.' path segment"):
+        path("/files/{user.dir}").render(inputs(results={"user": {"dir": value}}), "c")
+
+
+def test_dot_segments_are_fine_in_a_query_value() -> None:
+    assert value("{query.v}").render(inputs(query={"v": "../../x"}), "c") == "..%2F..%2Fx"
 
 
 def test_dots_are_fine_in_a_query_value() -> None:
