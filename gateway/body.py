@@ -5,7 +5,8 @@ call to zlib produces more than `SLICE_BYTES` (so the caller can yield to the
 event loop between slices: a bomb never blocks it for more than a slice's
 worth of CPU), nor more than what is left of the cap (so a gzip bomb costs at
 most `limit` bytes of memory, never the size it would inflate to). Every
-decoded byte is also taken from the process's memory budget (budget.py).
+decoded byte is also taken from the process's memory budget (budget.py), all
+of them up front when the body declared its length (`expect`).
 
 A `CappedBody` is also the one holder of the body's bytes while the call
 lasts: callers pass the holder around, not the bytes, and `discard` it when
@@ -19,7 +20,7 @@ import zlib
 
 from .budget import Lease
 
-# The most one decompress call may produce: ~0.1-0.3 ms of CPU, then the loop runs again.
+# The most one decompress call may produce: 0.2-1 ms of CPU, then the loop runs again.
 SLICE_BYTES = 256 * 1024
 
 
@@ -41,12 +42,13 @@ class CappedBody:
     """
 
     __slots__ = ("_chunks", "_decoder", "_deflate_raw_tried", "_lease", "_limit",
-                 "_pending", "_size")
+                 "_pending", "_prepaid", "_size")
 
     def __init__(self, content_encoding: str, limit: int, lease: Lease | None = None) -> None:
         self._limit = limit
         self._lease = lease
         self._size = 0
+        self._prepaid = 0  # taken from the lease ahead of the bytes (a declared length)
         self._chunks: list[bytes] = []
         self._pending = b""  # compressed input zlib has not consumed yet
         self._deflate_raw_tried = False
@@ -64,6 +66,20 @@ class CappedBody:
     def size(self) -> int:
         """Decoded bytes held."""
         return self._size
+
+    @property
+    def compressed(self) -> bool:
+        return self._decoder is not None
+
+    def expect(self, size: int) -> None:
+        """The body declared its decoded size: take all of it from the budget now.
+
+        A body that cannot fit then fails before a byte is read, and one that fits is
+        never refused halfway by calls that started after it.
+        """
+        if self._lease is not None and size > self._prepaid:
+            self._lease.take(size - self._prepaid)
+            self._prepaid = size
 
     def feed(self, chunk: bytes) -> None:
         """Take a raw chunk and decode all of it (slice by slice, without yielding)."""
@@ -165,6 +181,9 @@ class CappedBody:
         if size > self._limit:
             raise BodyTooLarge
         if self._lease is not None:
-            self._lease.take(len(data))  # BudgetExhausted when the process is at its budget
+            unpaid = len(data) - self._prepaid
+            if unpaid > 0:
+                self._lease.take(unpaid)  # BudgetExhausted when the process is at its budget
+            self._prepaid = max(0, -unpaid)
         self._size = size
         self._chunks.append(data)

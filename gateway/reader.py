@@ -1,8 +1,9 @@
 """Reading one upstream reply's body: capped, on the memory budget, parsed, and let go.
 
 The body streams into a `CappedBody` (body.py) that takes every decoded byte
-from the call's budget lease; compressed bodies are inflated a slice at a
-time with the event loop running in between. A body that fails (too large,
+from the call's budget lease (a declared length all at once, before reading);
+compressed bodies are inflated a slice at a time with the event loop running
+in between. A body that fails (too large,
 over the budget, undecodable, not JSON, broken off) is reported as a
 `CallError` that holds no part of it: failures are returned from the
 `except` blocks rather than raised there, so the new error carries no
@@ -32,17 +33,28 @@ from .guard import TooDeep, loads_reply
 
 # Bodies above this are parsed off the event loop so one big reply cannot stall every request.
 THREAD_PARSE_BYTES = 256 * 1024
+# Compressed replies decompressed at once, process-wide (the others wait, holding no budget).
+INFLATING = 2
 
 
 class BodyReader:
-    """The body policy of one upstream: its name (for messages), cap and timeout."""
+    """The body policy of one upstream: its name (for messages), cap and timeout.
 
-    __slots__ = ("max_bytes", "name", "timeout")
+    `inflating` is shared by the process's upstreams: the calls that may decompress at
+    the same time past a chunk's first slice. Each loop iteration then runs few slices,
+    whatever the number of compressed replies in flight, and a burst of bombs is worked
+    off a few at a time instead of every call inflating a little and all of them hitting
+    the budget together.
+    """
 
-    def __init__(self, name: str, max_bytes: int, timeout: float) -> None:
+    __slots__ = ("inflating", "max_bytes", "name", "timeout")
+
+    def __init__(self, name: str, max_bytes: int, timeout: float,
+                 inflating: asyncio.Semaphore | None = None) -> None:
         self.name = name
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.inflating = inflating or asyncio.Semaphore(INFLATING)
 
     async def read(self, response: httpx.Response, lease: Lease) -> CappedBody | CallError:
         """The decoded body, or why not: refused as soon as it passes the cap or the budget."""
@@ -57,7 +69,9 @@ class BodyReader:
             return self._undecodable(status, f" ({exc})")
         received = False
         try:
-            await _receive(response, body)
+            if declared is not None and declared.isdigit() and not body.compressed:
+                body.expect(int(declared))
+            await _receive(response, body, self.inflating)
             received = True
             return body
         except BodyTooLarge:
@@ -135,11 +149,17 @@ def _parse_body(body: CappedBody) -> Any:
     return _parse_json(body.value)
 
 
-async def _receive(response: httpx.Response, body: CappedBody) -> None:
+async def _receive(response: httpx.Response, body: CappedBody,
+                   inflating: asyncio.Semaphore) -> None:
     """Feed the raw chunks to `body`, yielding to the loop between decoded slices."""
     async for chunk in response.aiter_raw():
-        pending = body.push(chunk)
-        while pending:
-            await asyncio.sleep(0)
-            pending = body.more()
+        if not body.compressed:
+            body.feed(chunk)
+            continue
+        if body.push(chunk):  # the first slice is free: small replies never wait
+            async with inflating:  # held per chunk: an upstream that drips holds no slot
+                pending = True
+                while pending:
+                    await asyncio.sleep(0)  # the loop runs between any two slices
+                    pending = body.more()
     body.finish()

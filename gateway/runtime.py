@@ -9,6 +9,7 @@ from .config import Config, UpstreamConfig
 from .health import required_upstreams
 from .jobs.store import JobStore
 from .metrics import Metrics
+from .reader import INFLATING
 from .recent import Recent
 from .upstream import Upstream
 
@@ -22,6 +23,7 @@ class Runtime:
         # One budget for every upstream's bodies in flight; a reload changes its limit only.
         self.budget = MemoryBudget(config.gateway.max_buffered_bytes,
                                    on_exhausted=self.metrics.budget_exhausted.inc)
+        self.inflating = asyncio.Semaphore(INFLATING)  # compressed bodies decoded at once
         self.upstreams = {name: self.new_upstream(cfg) for name, cfg in config.upstreams.items()}
         self.required = required_upstreams(config)  # for /readyz
         self._retired: dict[Upstream, asyncio.Task[None]] = {}  # replaced by a reload
@@ -33,7 +35,7 @@ class Runtime:
         """An upstream with its breaker, cache, batcher and metrics (not started)."""
         settings = (runtime_config or self.config).gateway
         return Upstream(config, settings, metrics=self.metrics.upstream(config.name),
-                        budget=self.budget)
+                        budget=self.budget, inflating=self.inflating)
 
     def retire(self, upstream: Upstream, grace: float) -> None:
         """Close an upstream a reload replaced, once its calls in flight are done."""

@@ -65,13 +65,14 @@ class Upstream:
     def __init__(self, config: UpstreamConfig, settings: GatewaySettings,
                  transport: httpx.AsyncBaseTransport | None = None,
                  metrics: UpstreamMetrics | None = None,
-                 budget: MemoryBudget | None = None) -> None:
+                 budget: MemoryBudget | None = None,
+                 inflating: asyncio.Semaphore | None = None) -> None:
         self.config = config
         self.name = config.name
         self.base = config.url
         self.timeout = config.timeout
         self.max_bytes = settings.max_upstream_bytes
-        self.reader = BodyReader(self.name, self.max_bytes, self.timeout)
+        self.reader = BodyReader(self.name, self.max_bytes, self.timeout, inflating)
         # The runtime's, shared by every upstream; one of its own when built alone (tests).
         self.budget = budget or MemoryBudget(settings.max_buffered_bytes)
         self._static_headers = [("user-agent", USER_AGENT), ("accept", "application/json"),

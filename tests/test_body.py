@@ -127,3 +127,16 @@ def test_truncated_compressed_data_is_undecodable_and_empties_the_body() -> None
     with pytest.raises(BodyUndecodable, match="ends early"):
         body.finish()
     assert body.value == b""
+
+
+def test_a_declared_size_is_taken_from_the_budget_at_once() -> None:
+    budget = MemoryBudget(100_000)
+    body = CappedBody("", 1_000_000, budget.lease())
+    body.expect(60_000)
+    assert budget.held == 60_000
+    body.feed(b"x" * 50_000)
+    assert budget.held == 60_000  # paid for already
+    body.feed(b"x" * 20_000)  # more than declared: the rest is taken as it comes
+    assert budget.held == 70_000
+    with pytest.raises(BudgetExhausted):
+        CappedBody("", 1_000_000, budget.lease()).expect(40_000)  # refused before a byte

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import struct
 import time
 import tracemalloc
@@ -37,6 +38,7 @@ from gateway.runtime import Runtime
 MiB = 1024 * 1024
 BUDGET_ERROR = "gateway memory budget exhausted"
 PIECE = 64 * 1024
+SMALL_GZIP = gzip.compress(b'{"id": 1}')
 
 
 def gzip_bomb(decoded_mib: int) -> bytes:
@@ -269,6 +271,27 @@ async def test_a_gzip_bomb_never_blocks_the_event_loop(
             assert "67108864 bytes" in (await response.get_json())["error"]
         stop.set()
     assert worst < 0.05  # one call inflating 64 MiB at once would take ~100 ms or more
+
+
+async def test_concurrent_gzip_bombs_are_inflated_a_few_at_a_time(
+    raw_upstream: RawUpstreamFactory, gateway_client: GatewayClientFactory, bomb: bytes,
+) -> None:
+    bombs = await raw_upstream(gzip_bomb_reply(bomb))
+    small = await raw_upstream(streams(_head(b"content-encoding: gzip", b"content-length: %d"
+                                             % len(SMALL_GZIP)), lambda: iter([SMALL_GZIP])))
+    client = await gateway_client(make_config(
+        {"bomb": bombs, "small": small},
+        endpoint("/bomb", call("bomb", "bomb")), endpoint("/small", call("small", "small")),
+        max_buffered_bytes=24 * MiB))
+    # Ten bombs inflating side by side would each hold a few MiB when the budget filled,
+    # and all fail with 503; two at a time, each reaches the 10 MiB cap: a 502.
+    calls = [asyncio.create_task(client.get("/bomb")) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    fine = await client.get("/small")  # a small compressed reply does not queue behind them
+    assert fine.status_code == 200
+    assert (await fine.get_json())["data"] == {"small": {"id": 1}}
+    assert not all(task.done() for task in calls)
+    assert [(await task).status_code for task in calls] == [502] * 10
 
 
 async def test_a_burst_of_hostile_replies_stays_within_the_budget(
