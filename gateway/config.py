@@ -1,12 +1,15 @@
 """TOML config -> frozen dataclasses, validated once and completely at load.
 
 Every problem is collected (not just the first) as one `key.path: reason`
-line, so `gateway check` can show them all at once. Pure: the only outside
-input is the environment, read for `${VAR}` values.
+line, so `gateway check` can show them all at once. Pure but for two outside
+inputs: the environment, read for `${VAR}` values, and the `combine` hooks,
+imported here (hooks.py) so that a hook that cannot be imported is reported
+with every other problem, not after they are fixed.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
@@ -18,6 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .hooks import hook_folder, hook_problem
 from .template import BodyTemplate, Ref, TemplateSyntaxError, parse_refs
 
 STRATEGIES = ("parallel", "sequential")
@@ -139,8 +143,9 @@ T = TypeVar("T")
 class _Checker:
     """Reads raw TOML data with key paths, collecting problems instead of raising."""
 
-    def __init__(self) -> None:
+    def __init__(self, hook_folder: str | None = None) -> None:
         self.problems: list[str] = []
+        self.hook_folder = hook_folder  # where `combine` modules are looked up first
 
     def fail(self, path: str, reason: str) -> None:
         self.problems.append(f"{path}: {reason}")
@@ -154,7 +159,9 @@ class _Checker:
     def unknown(self, raw: dict[str, Any], path: str, known: set[str]) -> None:
         for key in raw:
             if key not in known:
-                self.fail(_join(path, key), "unknown key")
+                close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                self.fail(_join(path, key), "unknown key" + hint)
 
     def get(
         self,
@@ -257,7 +264,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config,
 
 def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) -> Config:
     """Validate already-parsed TOML data; raises `ConfigError` listing every problem."""
-    c = _Checker()
+    c = _Checker(hook_folder(source))
     top = c.table(raw, "config")
     c.unknown(top, "", {"gateway", "jobs", "upstreams", "endpoints"})
     settings = _gateway(c, c.table(top.get("gateway", {}), "gateway"))
@@ -439,7 +446,7 @@ def _endpoint(c: _Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamCon
     route = c.string(raw, p, "route", "", _route_problem)
     method = c.string(raw, p, "method", "GET", _one_of(METHODS, upper=True)).upper()
     combine = c.string(raw, p, "combine", None,
-                       lambda v: None if COMBINE_RE.match(v)
+                       lambda v: hook_problem(v, c.hook_folder) if COMBINE_RE.match(v)
                        else f"must be 'module:function', not '{v}'")
     strategy = c.string(raw, p, "strategy", None, _one_of(STRATEGIES))
     deadline = c.number(raw, p, "deadline", -1.0)
@@ -459,8 +466,11 @@ def _endpoint(c: _Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamCon
             c.fail(f"{p}.calls[{j}].name", f"'{call.name}' is used by another call")
         names.add(call.name)
         calls.append(call)
-    if route and not any(q.startswith(f"{p}.route") for q in c.problems):
-        _check_placeholders(c, p, route, calls)
+    # Checked under an invalid route too (its parameters read leniently): one broken line
+    # must not hide the problems of every call below it.
+    raw_route = raw.get("route")
+    if isinstance(raw_route, str) and raw_route:
+        _check_placeholders(c, p, raw_route, calls, lenient=route != raw_route)
     return EndpointConfig(route=route, method=method, calls=tuple(calls), combine=combine,
                           strategy=strategy, deadline=None if deadline < 0 else deadline)
 
@@ -497,6 +507,11 @@ def _call(c: _Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamConfig]
     if "default" in raw and not optional:
         c.fail(f"{p}.default", "only optional calls have a default")
     rename = c.string_table(raw, p, "rename")
+    select = c.strings(raw, p, "select")
+    for old, _ in rename:
+        if select is not None and old not in select:
+            c.fail(f"{p}.rename.{old}", f"'{old}' is not in select, so there is nothing to "
+                                        "rename; add it to select")
     return CallConfig(
         name=name,
         upstream=upstream,
@@ -508,7 +523,7 @@ def _call(c: _Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamConfig]
         has_body="body" in raw,
         optional=optional,
         default=raw.get("default"),
-        select=c.strings(raw, p, "select"),
+        select=select,
         rename=rename,
     )
 
@@ -534,9 +549,14 @@ def template_refs(key: str, raw: Any, params: tuple[str, ...],
     return [r for r in parse_refs(raw, params, names) if isinstance(r, Ref)]
 
 
-def _check_placeholders(c: _Checker, p: str, route: str, calls: list[CallConfig]) -> None:
-    """Unknown placeholders and dependency cycles, found at load."""
-    params = route_params(route)
+def _check_placeholders(c: _Checker, p: str, route: str, calls: list[CallConfig],
+                        lenient: bool = False) -> None:
+    """Unknown placeholders and dependency cycles, found at load.
+
+    `lenient`: the route is invalid, so its parameters are read from whatever `<...name`
+    it holds, closed or not (no false "names neither a route parameter" for them).
+    """
+    params = _lenient_params(route) if lenient else route_params(route)
     names = tuple(call.name for call in calls)
     for name in params:
         if name in ("query", "header", "body"):
@@ -652,6 +672,11 @@ def _route_problem(route: str) -> str | None:
 def route_params(route: str) -> tuple[str, ...]:
     """Names of the `<converter:name>` parameters of a Flask-style route."""
     return tuple(m.group(1) for m in re.finditer(r"<(?:[^:<>]+:)?([A-Za-z_]\w*)>", route))
+
+
+def _lenient_params(route: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(m.group(1) for m in
+                               re.finditer(r"<(?:[^:<>]+:)?([A-Za-z_]\w*)", route)))
 
 
 def _one_of(choices: tuple[str, ...], upper: bool = False) -> Callable[[Any], str | None]:

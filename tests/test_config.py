@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from gateway.config import (
     route_params,
 )
 from gateway.errors import ConfigError
+from gateway.plan import compile_plans
 
 SPEC_TOML = """
 [gateway]
@@ -232,23 +234,28 @@ def test_load_config_reads_the_process_environment(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(
-    ("raw", "where"),
+    ("raw", "where", "hint"),
     [
-        ({"extra": 1}, "extra"),
-        ({"gateway": {"timeuot": 1}}, "gateway.timeuot"),
-        ({"jobs": {"stor": "memory"}}, "jobs.stor"),
-        ({"upstreams": {"u": {"url": "http://h", "retry": 1}}}, "upstreams.u.retry"),
+        ({"extra": 1}, "extra", ""),
+        ({"gateway": {"timeuot": 1}}, "gateway.timeuot", "; did you mean 'timeout'?"),
+        ({"jobs": {"stor": "memory"}}, "jobs.stor", "; did you mean 'store'?"),
+        ({"upstreams": {"u": {"url": "http://h", "retry": 1}}}, "upstreams.u.retry",
+         "; did you mean 'retries'?"),
         ({"upstreams": {"u": {"url": "http://h", "breaker": {"fails": 1}}}},
-         "upstreams.u.breaker.fails"),
+         "upstreams.u.breaker.fails", "; did you mean 'failures'?"),
         ({"upstreams": {"u": {"url": "http://h",
                               "batch": {"path": "/b", "param": "p", "key": "k", "size": 1}}}},
-         "upstreams.u.batch.size"),
-        ({"endpoints": [endpoint(call(), rout="/y")]}, "endpoints[0].rout"),
-        ({"endpoints": [endpoint(call(selekt=["a"]))]}, "endpoints[0].calls[0].selekt"),
+         "upstreams.u.batch.size", "; did you mean 'max_size'?"),
+        ({"endpoints": [endpoint(call(), rout="/y")]}, "endpoints[0].rout",
+         "; did you mean 'route'?"),
+        ({"endpoints": [endpoint(call(selekt=["a"]))]}, "endpoints[0].calls[0].selekt",
+         "; did you mean 'select'?"),
     ],
 )
-def test_unknown_keys_are_reported_at_every_level(raw: dict[str, Any], where: str) -> None:
-    assert only_problem(config(**raw)) == f"{where}: unknown key"
+def test_unknown_keys_are_reported_at_every_level(raw: dict[str, Any], where: str,
+                                                  hint: str) -> None:
+    """The closest known key is suggested (issue 12: `gateway.timout` said only "unknown")."""
+    assert only_problem(config(**raw)) == f"{where}: unknown key{hint}"
 
 
 @pytest.mark.parametrize(
@@ -819,3 +826,62 @@ def test_max_buffered_bytes_defaults_to_256_mib_and_may_be_below_the_per_call_ca
     assert parse_config({}, env={}).gateway.max_buffered_bytes == 256 * 1024 * 1024
     small = parse_config({"gateway": {"max_buffered_bytes": 1024}}, env={})
     assert small.gateway.max_buffered_bytes == 1024  # bodies over it are then 503s
+
+
+# -- issue 12: messages that point at the fix -------------------------------------------------
+
+
+def test_misspelt_key_gets_a_did_you_mean() -> None:
+    assert only_problem(config(gateway={"timout": 1})) == (
+        "gateway.timout: unknown key; did you mean 'timeout'?")
+
+
+def test_rename_of_a_field_not_selected_is_a_config_error() -> None:
+    raw = config(endpoint(call(select=["id", "name"], rename={"name": "n", "email": "mail"})))
+    assert only_problem(raw) == ("endpoints[0].calls[0].rename.email: 'email' is not in select, "
+                                 "so there is nothing to rename; add it to select")
+    fine = config(endpoint(call(select=["id", "name"], rename={"name": "n"})))
+    assert parse_config(fine, env={}).endpoints[0].calls[0].rename == (("name", "n"),)
+    no_select = config(endpoint(call(rename={"email": "mail"})))  # every field is kept
+    assert parse_config(no_select, env={}).endpoints[0].calls[0].rename == (("email", "mail"),)
+
+
+def test_combine_import_error_is_reported_with_the_other_problems() -> None:
+    raw = config(endpoint(call(), combine="gw_test_no_such_hook_module:f"),
+                 gateway={"strategy": "fast"})
+    found = problems(raw)
+    assert found[0] == "gateway.strategy: must be one of parallel, sequential, not 'fast'"
+    assert found[1].startswith("endpoints[0].combine: cannot import module "
+                               "'gw_test_no_such_hook_module'")
+    assert len(found) == 2
+
+
+def test_invalid_route_still_reports_the_problems_of_its_calls() -> None:
+    raw = config(endpoint(call(path="/u/{uid}/{ghost.id}", upstream="nope"),
+                          route="/healthz/<int:uid"))
+    found = problems(raw)
+    assert found[0].startswith("endpoints[0].route: ")
+    assert sorted(found[1:]) == [
+        "endpoints[0].calls[0].path: '{ghost.id}' names neither a route parameter nor a call",
+        "endpoints[0].calls[0].upstream: unknown upstream 'nope'",
+    ]  # and no false "{uid} names neither...": the broken route's parameter is still read
+
+
+def test_combine_is_imported_from_the_config_files_folder_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    (folder / "gw_test_hooks_beside.py").write_text("def combine(r, c):\n    return 'beside'\n")
+    (folder / "gateway.toml").write_text(
+        '[upstreams.u]\nurl = "http://127.0.0.1:9001"\n\n[[endpoints]]\nroute = "/x"\n'
+        'combine = "gw_test_hooks_beside:combine"\n\n  [[endpoints.calls]]\n  name = "a"\n'
+        '  upstream = "u"\n  path = "/a"\n')
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    monkeypatch.delitem(sys.modules, "gw_test_hooks_beside", raising=False)
+    cfg = load_config("deploy/gateway.toml")
+    assert cfg.endpoints[0].combine == "gw_test_hooks_beside:combine"
+    (plan,) = compile_plans(cfg)
+    assert plan.combine is not None
+    assert plan.combine({}, None) == "beside"

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.config import parse_config
 from gateway.errors import ConfigError, RequestError
-from gateway.plan import CallPlan, Plan, compile_plan, compile_plans, import_hook, topological
+from gateway.hooks import import_hook
+from gateway.plan import CallPlan, Plan, compile_plan, compile_plans, topological
 from gateway.template import Inputs
 
 ROOT = Path(__file__).resolve().parents[1]
