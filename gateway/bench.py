@@ -37,6 +37,8 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 _POLL_INTERVAL = 0.05
 _STDERR_TAIL = 4096  # bytes of a spawned gateway's stderr kept to explain an early exit
 _PROGRESS_INTERVAL = 0.05  # seconds between redraws of the progress line
+MAX_REASONS = 10  # distinct failure reasons kept per strategy; more count under "other"
+_MAX_REASON_CHARS = 200
 
 Progress = Callable[[str], None]
 
@@ -61,6 +63,8 @@ class StrategyStats:
     rps: float
     ideal_speedup: float | None
     failures: Mapping[str, int] = field(default_factory=dict)  # e.g. {"HTTP 502": 3}
+    # e.g. {"HTTP 503: upstream 'users' is unreachable": 3}: the envelope's `error` line
+    reasons: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +77,7 @@ class StrategyStats:
             "rps": _round(self.rps),
             "ideal_speedup": _round(self.ideal_speedup),
             "failures": dict(self.failures),
+            "reasons": dict(self.reasons),
         }
 
 
@@ -172,12 +177,19 @@ class _Sample:
     latency_ms: float
     failure: str | None  # None for a 2xx response
     ideal: float | None
+    reason: str | None = None  # the error envelope's one line, when the gateway sent one
 
 
 def _summarise(samples: Sequence[_Sample], wall_s: float) -> StrategyStats:
     ok = [s.latency_ms for s in samples if s.failure is None]
     ideals = [s.ideal for s in samples if s.ideal is not None]
     failures = collections.Counter(s.failure for s in samples if s.failure is not None)
+    reasons: collections.Counter[str] = collections.Counter()
+    for s in samples:
+        if s.failure is not None and s.reason is not None:
+            key = f"{s.failure}: {s.reason}"
+            reasons[key if key in reasons or len(reasons) < MAX_REASONS
+                    else f"{s.failure}: other reasons"] += 1
     return StrategyStats(
         requests=len(samples),
         errors=failures.total(),
@@ -188,6 +200,7 @@ def _summarise(samples: Sequence[_Sample], wall_s: float) -> StrategyStats:
         rps=len(samples) / wall_s if wall_s > 0 else 0.0,
         ideal_speedup=fmean(ideals) if ideals else None,
         failures=dict(failures.most_common()),
+        reasons=dict(reasons.most_common()),
     )
 
 
@@ -227,6 +240,9 @@ def format_report(report: BenchReport) -> str:
         if s.failures:
             kinds = ", ".join(f"{kind} x{count}" for kind, count in s.failures.items())
             lines.append(f"failures {name}: {kinds}")
+            for reason, count in s.reasons.items():
+                kind, _, text = reason.partition(": ")
+                lines.append(f"  {kind} x{count}: {text}")
     return "\n".join(lines)
 
 
@@ -333,8 +349,21 @@ async def _one(client: httpx.AsyncClient, target: str, strategy: str) -> _Sample
         return _Sample((time.perf_counter() - started) * 1000, type(exc).__name__, None)
     latency_ms = (time.perf_counter() - started) * 1000
     if not response.is_success:
-        return _Sample(latency_ms, f"HTTP {response.status_code}", None)
+        return _Sample(latency_ms, f"HTTP {response.status_code}", None, _error_line(response))
     return _Sample(latency_ms, None, _ideal_from_body(response))
+
+
+def _error_line(response: httpx.Response) -> str | None:
+    """The envelope's `error` (one line, by contract), cut short; None for any other body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, str) or not error:
+        return None
+    line = " ".join(error.split())
+    return line if len(line) <= _MAX_REASON_CHARS else line[:_MAX_REASON_CHARS] + "..."
 
 
 def _ideal_from_body(response: httpx.Response) -> float | None:

@@ -15,10 +15,13 @@ import httpx
 import pytest
 
 from gateway.bench import (
+    MAX_REASONS,
     BenchReport,
     GatewayStartError,
     StrategyStats,
+    _Sample,
     _spawned,
+    _summarise,
     bench_url,
     configure_parser,
     critical_path_ms,
@@ -228,6 +231,25 @@ def test_run_json_prints_one_object_and_no_progress_off_a_terminal(
     assert result["speedup"]["ideal"] == pytest.approx(2.0)
     assert result["speedup"]["measured"] > 1
     assert err == ""
+
+
+async def test_bench_keeps_the_envelopes_error_line_of_failed_requests(gateway_url: str) -> None:
+    report = await bench_url(gateway_url, "/broken", requests=4, concurrency=2, warmup=0)
+    assert report.parallel.reasons == {"HTTP 500: upstream 'users' answered 500": 4}
+    assert report.to_dict()["strategies"]["sequential"]["reasons"] == {
+        "HTTP 500: upstream 'users' answered 500": 4}
+    text = format_report(report)
+    assert "failures parallel: HTTP 500 x4\n  HTTP 500 x4: upstream 'users' answered 500" in text
+
+
+def test_bench_reasons_are_bounded() -> None:
+    """Distinct error lines beyond MAX_REASONS are counted together, not each kept."""
+    samples = [_Sample(1.0, "HTTP 502", None, f"upstream 'u{i}' is unreachable")
+               for i in range(MAX_REASONS + 5)]
+    stats = _summarise(samples, 1.0)
+    assert len(stats.reasons) == MAX_REASONS + 1
+    assert stats.reasons["HTTP 502: other reasons"] == 5
+    assert stats.failures == {"HTTP 502": MAX_REASONS + 5}
 
 
 def test_run_exits_1_when_every_request_failed(
