@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+RUN_STAMP := $(VENV)/.installed-run
+BIND ?= 127.0.0.1:8000
 
 .PHONY: run test lint unit bench screenshot install clean
 
@@ -14,10 +16,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# `make run` needs only the runtime (a small venv); `make test` and the rest add the dev extras.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
 install: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/gateway demo
+run: $(RUN_STAMP)
+	$(BIN)/gateway demo --bind $(BIND)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,34 +12,69 @@ from typing import Any
 
 from . import bench
 from .errors import ConfigError
+from .listen import DEFAULT_BIND, BindError
 
 DEFAULT_CONFIG = "gateway.toml"
 DEFAULT_HYPERCORN = "hypercorn.toml"
+PACKAGED_HYPERCORN = Path(__file__).with_name(DEFAULT_HYPERCORN)
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+DESCRIPTION = """\
+An API aggregation gateway: one request in, concurrent upstream calls out,
+one response back that says how long the whole request and each call took."""
+
+EPILOG = f"""\
+examples:
+  gateway demo                                 demo upstreams and a gateway on {DEFAULT_BIND}
+  gateway check gateway.toml                   validate a config: one line per problem
+  gateway serve --config gateway.toml --bind 0.0.0.0:8000 --workers 4
+  gateway bench --url http://{DEFAULT_BIND} /dashboard/7
+
+The config file is --config PATH, else ${CONFIG_ENV}, else ./{DEFAULT_CONFIG}.
+`gateway COMMAND --help` shows a command's options."""
+
+CONFIG_HELP = f"the config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})"
 
 
 def main(argv: list[str] | None = None) -> int:
     _import_from_cwd()
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve a config under Hypercorn")
-    serve.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
-    serve.add_argument("--bind", help="HOST:PORT (default from hypercorn.toml, else :8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (default from hypercorn.toml)")
+    serve = sub.add_parser("serve", help="serve a config under Hypercorn",
+                           description="Serve a config under Hypercorn (SIGHUP reloads it).")
+    serve.add_argument("--config", metavar="PATH", default=_default_config(), help=CONFIG_HELP)
+    serve.add_argument("--bind", metavar="HOST:PORT",
+                       help=f"address to listen on (default: the hypercorn.toml's bind, "
+                            f"{DEFAULT_BIND} in the shipped one)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes (default: the hypercorn.toml's workers, 1 in the "
+                            "shipped one)")
     serve.add_argument("--watch", action="store_true",
                        help="also reload the config when its file changes (SIGHUP always does)")
-    serve.add_argument("--hypercorn-config", default=DEFAULT_HYPERCORN,
-                       help="Hypercorn settings file (used if it exists)")
+    serve.add_argument("--hypercorn-config", metavar="PATH",
+                       help="Hypercorn settings (default: hypercorn.toml next to the config, "
+                            "else in the working directory, else the one shipped in the package)")
 
     worker = sub.add_parser("worker", help="run background jobs from a Redis store, no HTTP")
-    worker.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+    worker.add_argument("--config", metavar="PATH", default=_default_config(), help=CONFIG_HELP)
     worker.add_argument("--app", help="MODULE:ATTR of a Gateway with code-defined endpoints")
 
-    demo = sub.add_parser("demo", help="built-in demo upstreams and a gateway in front")
-    demo.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT for the gateway")
+    demo = sub.add_parser("demo", help="built-in demo upstreams and a gateway in front",
+                          description="Start four demo upstreams on loopback and a gateway in "
+                                      "front of them; Ctrl-C stops it.")
+    demo.add_argument("--bind", metavar="HOST:PORT", default=DEFAULT_BIND,
+                      help=f"address of the gateway (default: {DEFAULT_BIND})")
+    demo.add_argument("--upstream-port", metavar="PORT", type=int,
+                      help="first port of the four upstreams (users, orders, billing, "
+                           "recommendations); default: 9001-9004 when free, else random; "
+                           "0: random")
 
-    check = sub.add_parser("check", help="validate a config file")
-    check.add_argument("path")
+    check = sub.add_parser("check", help="validate a config file",
+                           description="Validate a config: exit 0 and a summary, or exit 2 "
+                                       "and one line per problem.")
+    check.add_argument("path", help="the config file")
 
     bench.configure_parser(sub.add_parser("bench", help="parallel vs sequential benchmark"))
 
@@ -47,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "worker":
-        if _check_quietly(args.config) != 0:
+        if _check_quietly(args.config, need_endpoints=args.app is None) != 0:
             return 2
         from .jobs import worker as job_worker
 
@@ -57,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return _check(args.path)
     return bench.run(args)
+
+
+def _default_config() -> str:
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
 
 
 def _import_from_cwd() -> None:
@@ -72,6 +111,7 @@ def _check(path: str) -> int:
     try:
         config = load_config(path)
         plans = compile_plans(config)
+        _require_content(config, served=False)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -104,26 +144,72 @@ def hypercorn_config(path: str | None, bind: str | None = None,
     return config
 
 
+def hypercorn_settings(explicit: str | None, config_path: str) -> Path | None:
+    """The Hypercorn settings file `gateway serve` uses, None if `explicit` does not exist.
+
+    `--hypercorn-config` if given; else `hypercorn.toml` next to the config file, then in
+    the working directory, then the copy shipped in the package (never Hypercorn's bare
+    defaults, which would serve without an access log and with other timeouts).
+    """
+    if explicit is not None:
+        return Path(explicit) if Path(explicit).is_file() else None
+    for candidate in (Path(config_path).resolve().parent / DEFAULT_HYPERCORN,
+                      Path.cwd() / DEFAULT_HYPERCORN):
+        if candidate.is_file():
+            return candidate
+    return PACKAGED_HYPERCORN
+
+
 def _serve(args: argparse.Namespace) -> int:
     if _check_quietly(args.config) != 0:
         return 2
+    from .listen import probe
     from .reload import WATCH_ENV
     from .supervisor import serve
 
-    os.environ["GATEWAY_CONFIG"] = str(Path(args.config).resolve())
+    settings = hypercorn_settings(args.hypercorn_config, args.config)
+    if settings is None:
+        print(f"gateway: Hypercorn settings file {args.hypercorn_config} not found",
+              file=sys.stderr)
+        return 2
+    config = hypercorn_config(str(settings), args.bind, args.workers)
+    config.application_path = "gateway.asgi:app"
+    try:
+        probe(config)
+    except BindError as exc:
+        print(f"gateway: {exc}; pass --bind HOST:PORT (or change bind in {_shown(settings)})",
+              file=sys.stderr)
+        return 2
+    os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     if args.watch:
         os.environ[WATCH_ENV] = "1"
-    config = hypercorn_config(args.hypercorn_config, args.bind, args.workers)
-    config.application_path = "gateway.asgi:app"
+    print(f"gateway serve: {args.config}, Hypercorn settings from {_shown(settings)}: "
+          f"bind {', '.join(config.bind)}, workers {max(config.workers, 1)}",
+          file=sys.stderr, flush=True)
     return serve(config)  # SIGHUP reloads the config (supervisor.py)
 
 
-def _check_quietly(path: str) -> int:
+def _shown(path: Path) -> str:
+    """A path as short as it can be told: relative to the working directory, or absolute."""
+    if path == PACKAGED_HYPERCORN:
+        return f"{path} (the package's default)"
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd()))
+    return str(path)
+
+
+def _check_quietly(path: str, need_endpoints: bool = True) -> int:
     from .config import load_config
     from .plan import compile_plans
 
+    if not Path(path).exists():
+        print(f"gateway: config file {path} not found; pass --config PATH or set {CONFIG_ENV}",
+              file=sys.stderr)
+        return 2
     try:
-        compile_plans(load_config(path))
+        config = load_config(path)
+        compile_plans(config)
+        _require_content(config, served=need_endpoints)
     except ConfigError as exc:
         print(f"gateway: refusing to start, {path} is invalid:", file=sys.stderr)
         for problem in exc.problems:
@@ -132,52 +218,36 @@ def _check_quietly(path: str) -> int:
     return 0
 
 
+def _require_content(config: Any, served: bool) -> None:
+    """Refuse a file that would serve nothing but 404s: almost always the wrong (or an empty) file.
+
+    `served`: the file alone is served (`gateway serve`), so it needs endpoints; otherwise
+    upstreams alone are fine (code-defined endpoints on a `Gateway` use them).
+    """
+    if config.endpoints or (config.upstreams and not served):
+        return
+    what = "no [[endpoints]]" if config.upstreams else "no [[endpoints]] and no [upstreams]"
+    raise ConfigError([f"endpoints: the file defines {what}, so the gateway would serve "
+                       "nothing"])
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - platforms without uvloop
         runner = asyncio.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(_run_demo(args.bind))
+    config = hypercorn_config(None, args.bind)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(run_demo(config, args.upstream_port))
+    except BindError as exc:
+        hint = ("pass --upstream-port PORT, 0 for random ports" if exc.what == "upstreams"
+                else "pass --bind HOST:PORT (make run BIND=HOST:PORT)")
+        print(f"gateway: {exc}; {hint}", file=sys.stderr)
+        return 2
     return 0
 
-
-async def _run_demo(bind: str) -> None:
-    from hypercorn.asyncio import serve
-
-    from .app import Gateway
-    from .demo import demo_config, register_demo_views, start_demo_upstreams
-
-    upstreams = await start_demo_upstreams()
-    try:
-        gw = Gateway(demo_config(upstreams.urls))
-        register_demo_views(gw)
-        config = hypercorn_config(None, bind)
-        base = f"http://{bind}"
-        print(_demo_banner(base, upstreams.urls), flush=True)
-        await serve(gw.app, config)
-    finally:
-        await upstreams.close()
-
-
-def _demo_banner(base: str, urls: dict[str, str]) -> str:
-    lines = ["gateway demo: upstreams on loopback (no network needed)"]
-    lines += [f"  {name:<16} {url}" for name, url in urls.items()]
-    lines += [
-        "",
-        f"dashboard (waterfalls, parallel vs sequential): {base}/_gateway/",
-        f"WebSocket progress per call: {base.replace('http', 'ws', 1)}/ws",
-        "",
-        f"gateway on {base}; try:",
-        f"  curl -s {base}/dashboard/7 | python3 -m json.tool",
-        f"  curl -s -H 'X-Gateway-Strategy: sequential' {base}/dashboard/7 | python3 -m json.tool",
-        f"  curl -s {base}/profile/7        # a Python combine hook",
-        f"  curl -s {base}/summary/7        # a code-defined endpoint (@gw.aggregate)",
-        f"  curl -si {base}/dashboard/0     # an upstream 404 passed through",
-        f"  curl -s {base}/team/1/2/3       # three keyed calls batched into one upstream call",
-        f"  gateway bench --url {base} /dashboard/7",
-        "Ctrl-C stops it.",
-    ]
-    return "\n".join(lines)

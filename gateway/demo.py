@@ -2,25 +2,30 @@
 
 `gateway demo` must show fan-out, chaining, optional calls, batching and a Python `combine`
 with no network and no setup. So this module starts four small HTTP services on 127.0.0.1
-(random ports) whose latencies differ like real ones do, making the saving of parallel over
-sequential visible in `meta`, and builds the matching config. All data is derived from the
-ids, so the same request always gives the same answer (tests and benchmarks depend on it).
+whose latencies differ like real ones do, making the saving of parallel over sequential
+visible in `meta`, and builds the matching config. All data is derived from the ids, so the
+same request always gives the same answer (tests and benchmarks depend on it).
 
-    users            ~80 ms   GET /users/{id}, GET /users?ids=1,2,3 (batch)
-    orders          ~120 ms   GET /orders?user={id}
-    recommendations ~150 ms   GET /recommendations/{id}
-    billing          ~60 ms   GET /accounts/{account_id}
+    users            ~80 ms   GET /users/{id}, GET /users?ids=1,2,3 (batch)   port 9001
+    orders          ~120 ms   GET /orders?user={id}                           port 9002
+    billing          ~60 ms   GET /accounts/{account_id}                      port 9003
+    recommendations ~150 ms   GET /recommendations/{id}                       port 9004
+
+`gateway demo` puts them on those fixed ports when they are free (so that
+`examples/gateway.toml` reaches them), else on random ones; tests use random ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway._httpserver import HTTPServer, Request, Response, json_response
+from gateway.listen import BindError, bind_sockets, close_sockets, os_reason, serve_on
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -151,6 +156,8 @@ _SERVICES: dict[str, tuple[Route, float]] = {
     "recommendations": (_recommendations_route, 0.150),
     "billing": (_billing_route, 0.060),
 }
+DEMO_PORT = 9001  # users; the others follow in PORT_OFFSETS order (examples/gateway.toml)
+PORT_OFFSETS = {"users": 0, "orders": 1, "billing": 2, "recommendations": 3}
 
 
 @dataclass
@@ -167,12 +174,17 @@ class DemoUpstreams:
                 tg.create_task(server.close())
 
 
-async def start_demo_upstreams(scale: float = 1.0) -> DemoUpstreams:
-    """Start the four services; `scale` multiplies every delay (tests use 0.01)."""
+async def start_demo_upstreams(scale: float = 1.0, base_port: int = 0) -> DemoUpstreams:
+    """Start the four services; `scale` multiplies every delay (tests use 0.01).
+
+    `base_port` 0 puts each on a random free port; otherwise users listens on it and the
+    others on the next ports (PORT_OFFSETS); a taken port raises `OSError`.
+    """
     demo = DemoUpstreams({})
     try:
         for name, (route, delay) in _SERVICES.items():
-            server = HTTPServer(_service(route, delay * scale))
+            port = base_port + PORT_OFFSETS[name] if base_port else 0
+            server = HTTPServer(_service(route, delay * scale), port=port)
             await server.start()
             demo.servers[name] = server
     except BaseException:
@@ -275,3 +287,81 @@ def register_demo_views(gw: Gateway) -> None:
             "orders": len(orders),
             "spent": round(sum(o["total"] for o in orders), 2),
         }
+
+
+# --- `gateway demo` ---------------------------------------------------------------------------
+
+ACTIVATE_HINT = "(run `source .venv/bin/activate` first, or use .venv/bin/gateway)"
+
+
+async def run_demo(config: Any, upstream_port: int | None) -> None:
+    """Bind the gateway's address, start the upstreams, print the banner, serve until Ctrl-C.
+
+    `config` is the Hypercorn config (its `bind` is the gateway's address). `upstream_port`
+    None means DEMO_PORT if those ports are free, else random ones; 0 means random ones.
+    Raises `BindError` (nothing printed yet) when an address is taken.
+    """
+    from gateway.app import Gateway
+
+    sockets = bind_sockets(config)
+    try:
+        upstreams = await _start_upstreams(upstream_port)
+    except BaseException:
+        close_sockets(sockets)
+        raise
+    try:
+        gw = Gateway(demo_config(upstreams.urls))
+        register_demo_views(gw)
+        base = f"http://{config.bind[0]}"
+        print(demo_banner(base, upstreams, fixed=_on_fixed_ports(upstreams)), flush=True)
+        await serve_on(gw.app, config, sockets)
+    finally:
+        await upstreams.close()
+
+
+async def _start_upstreams(upstream_port: int | None) -> DemoUpstreams:
+    if upstream_port is not None:
+        try:
+            return await start_demo_upstreams(base_port=upstream_port)
+        except OSError as exc:
+            last = upstream_port + len(PORT_OFFSETS) - 1
+            raise BindError(f"127.0.0.1:{upstream_port}-{last} (the demo upstreams)",
+                            os_reason(exc), what="upstreams") from None
+    try:
+        return await start_demo_upstreams(base_port=DEMO_PORT)
+    except OSError:
+        last = DEMO_PORT + len(PORT_OFFSETS) - 1
+        print(f"note: a port of {DEMO_PORT}-{last} is taken, so the demo upstreams use random "
+              "ports; examples/gateway.toml reaches them only with USERS_URL, ORDERS_URL and "
+              "BILLING_URL set to the URLs below", file=sys.stderr, flush=True)
+        return await start_demo_upstreams()
+
+
+def _on_fixed_ports(upstreams: DemoUpstreams) -> bool:
+    return all(server.port == DEMO_PORT + PORT_OFFSETS[name]
+               for name, server in upstreams.servers.items())
+
+
+def demo_banner(base: str, upstreams: DemoUpstreams, fixed: bool) -> str:
+    """What `gateway demo` prints once it listens: the upstreams and the commands to try."""
+    lines = ["gateway demo: upstreams on loopback (no network needed)"]
+    lines += [f"  {name:<16} {url}" for name, url in upstreams.urls.items()]
+    lines += [
+        "",
+        f"dashboard (waterfalls, parallel vs sequential): {base}/_gateway/",
+        f"WebSocket progress per call: {base.replace('http', 'ws', 1)}/ws",
+        "",
+        f"gateway listening on {base}; try:",
+        f"  curl -s {base}/dashboard/7 | python3 -m json.tool",
+        f"  curl -s -H 'X-Gateway-Strategy: sequential' {base}/dashboard/7 | python3 -m json.tool",
+        f"  curl -s {base}/profile/7        # a Python combine hook",
+        f"  curl -s {base}/summary/7        # a code-defined endpoint (@gw.aggregate)",
+        f"  curl -si {base}/dashboard/0     # an upstream 404 passed through",
+        f"  curl -s {base}/team/1/2/3       # three keyed calls batched into one upstream call",
+        f"  gateway bench --url {base} /dashboard/7",
+    ]
+    if fixed:
+        lines.append("  gateway bench --config examples/gateway.toml /dashboard/7")
+    lines += [f"  {ACTIVATE_HINT}", "Ctrl-C stops it."]
+    return "\n".join(lines)
+
