@@ -269,6 +269,7 @@
       button.type = "button";
       button.title = "Run " + ep.method + " " + ep.route + " (example values; edit them in the form below)";
       button.addEventListener("click", () => {
+        if ($("run-button").disabled) return; // a run is under way: its result comes first
         $("run-endpoint").value = String(index);
         renderParams();
         $("run-card").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -320,14 +321,15 @@
     const box = $("run-params");
     box.replaceChildren();
     if (!ep) return;
-    for (const name of ep.params) {
+    const converters = routeConverters(ep.route);
+    for (const [position, name] of ep.params.entries()) {
       const field = el("label", "field");
       field.appendChild(el("span", null, name));
       const input = el("input");
       input.name = "param-" + name;
       input.dataset.param = name;
       input.required = true;
-      input.value = /id$/.test(name) ? "7" : "";
+      input.value = exampleValue(name, converters[name], position);
       field.appendChild(input);
       box.appendChild(field);
     }
@@ -348,6 +350,22 @@
     clearRun();
     const hint = ep && ep.params.length ? " (the route is " + ep.route + ")" : "";
     showError(what + " failed: " + error.message + hint);
+  }
+
+  // {name: converter} of a route such as /team/<int:a>/<b>: "int", "string", ...
+  function routeConverters(route) {
+    const out = {};
+    for (const m of route.matchAll(/<(?:([A-Za-z_]\w*)(?:\([^)]*\))?:)?([A-Za-z_]\w*)>/g)) {
+      out[m[2]] = m[1] || "string";
+    }
+    return out;
+  }
+
+  // A value the row's Run button can use as it is: 7 for an id, 1, 2, 3... for other numbers.
+  function exampleValue(name, converter, position) {
+    if (/id$/i.test(name)) return "7";
+    if (converter === "int" || converter === "float") return String(position + 1);
+    return "";
   }
 
   function buildPath(ep) {
@@ -384,7 +402,7 @@
   async function onRun(event) {
     event.preventDefault();
     const ep = selectedEndpoint();
-    if (!ep) return;
+    if (!ep || $("run-button").disabled) return; // one run at a time
     setBusy(true);
     try {
       const answer = await runOnce(runMessage(ep, $("run-strategy").value));
