@@ -88,7 +88,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
         "users": reply({"id": 7, "account_id": 70}, delay=0.03),
         "recommendations": reply({"items": ["lamp"]}, delay=0.05),
         "billing": reply({"balance": 1}, delay=0.02),
-        "slowpoke": contended(0.05, 0.3),
+        "slowpoke": contended(0.08, 0.4),
     }
     servers = {name: RecordingServer(handler) for name, handler in handlers.items()}
     for server in servers.values():
