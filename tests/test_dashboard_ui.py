@@ -76,7 +76,8 @@ class Site:
     url: str
     browser: Browser
     servers: dict[str, RecordingServer]
-    runs: list[dict[str, Any]] = field(default_factory=list)  # api/run answers, in order
+    runs: list[dict[str, Any]] = field(default_factory=list)  # api/run answers, as read
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -153,7 +154,10 @@ async def dashboard(site: Site, width: int) -> AsyncIterator[Page]:
 
     async def keep(response: Any) -> None:
         if response.url.endswith("/api/run") and response.ok:
-            site.runs.append(await response.json())
+            answer = await response.json()
+            async with site.arrived:
+                site.runs.append(answer)
+                site.arrived.notify_all()
 
     page.on("response", keep)
     try:
@@ -166,12 +170,25 @@ async def dashboard(site: Site, width: int) -> AsyncIterator[Page]:
     assert [p for p in problems if "status of 400" not in p] == []
 
 
-async def compare(page: Page, route: str, **params: str) -> None:
+async def compare(site: Site, page: Page, route: str, **params: str) -> dict[str, Any]:
+    """Run Compare; its two api/run answers by strategy (once both have been read)."""
+    before = len(site.runs)
     await page.select_option("#run-endpoint", label=route)
     for name, value in params.items():
         await page.fill(f'[data-param="{name}"]', value)
     await page.click("#compare-button")
     await page.locator("#run-waterfalls .entry").nth(1).wait_for(timeout=WAIT_MS)
+    return {run["entry"]["strategy"]: run for run in await runs_since(site, before, 2)}
+
+
+async def runs_since(site: Site, before: int, count: int) -> list[dict[str, Any]]:
+    """The api/run answers after the first `before`, once `count` of them have been read
+    (the response handler reads each body as it comes, maybe after the page drew it)."""
+    async with site.arrived:
+        await asyncio.wait_for(
+            site.arrived.wait_for(lambda: len(site.runs) >= before + count), WAIT_MS / 1000)
+    assert len(site.runs) == before + count
+    return site.runs[before:]
 
 
 async def filled_dashboard(site: Site, page: Page) -> None:
@@ -179,7 +196,7 @@ async def filled_dashboard(site: Site, page: Page) -> None:
     async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
         for path in ("/profile/7", "/dash/7"):
             assert (await client.get(site.url + path)).status_code == 200
-    await compare(page, DASH, uid="7")
+    await compare(site, page, DASH, uid="7")
     await page.locator("#recent .entry").nth(3).wait_for(timeout=WAIT_MS)
 
 
@@ -250,6 +267,7 @@ async def test_a_visible_legend_says_what_a_grey_chip_means(site: Site, width: i
 async def test_row_run_button_runs_its_endpoint(site: Site, width: int) -> None:
     async with dashboard(site, width) as page:
         row = page.locator("#endpoints tbody tr", has_text="/profile/")
+        before = len(site.runs)
         await row.get_by_role("button", name="Run").click()
         result = page.locator("#run-waterfalls .entry")
         await result.first.wait_for(timeout=WAIT_MS)
@@ -258,13 +276,14 @@ async def test_row_run_button_runs_its_endpoint(site: Site, width: int) -> None:
         selected = await page.eval_on_selector(
             "#run-endpoint", "(s) => s.options[s.selectedIndex].text")
         assert selected == PROFILE
-        assert site.runs[-1]["entry"]["path"] == "/profile/7"
+        [profile] = await runs_since(site, before, 1)
+        assert profile["entry"]["path"] == "/profile/7"
         assert await page.locator("#error").is_hidden()
         # Numbers that are not ids get 1, 2, ...: the row's button needs no typing either.
         await page.locator("#endpoints tbody tr", has_text="/team/").get_by_role(
             "button", name="Run").click()
         await result.locator(".path", has_text="/team/1/2").wait_for(timeout=WAIT_MS)
-        team = site.runs[-1]
+        [team] = await runs_since(site, before + 1, 1)
         assert (team["entry"]["path"], team["status"]) == ("/team/1/2", 200)
         assert [c["name"] for c in team["entry"]["calls"]] == ["first", "second"]
 
@@ -305,10 +324,9 @@ async def test_compare_bypasses_the_cache_and_colours_the_speedup_honestly(
     users, recs = site.servers["users"], site.servers["recommendations"]
     async with dashboard(site, width) as page:
         seen = (users.requests, recs.requests)
-        await compare(page, DASH, uid="8")
-        parallel, sequential = site.runs[-2:]
-        assert [parallel["entry"]["strategy"], sequential["entry"]["strategy"]] == [
-            "parallel", "sequential"]
+        runs = await compare(site, page, DASH, uid="8")
+        assert set(runs) == {"parallel", "sequential"}
+        parallel, sequential = runs["parallel"], runs["sequential"]
         # Both runs past the cache: same flags, and each call reached its upstream.
         assert parallel["cache"] is sequential["cache"] is False
         assert _cached_flags(parallel) == _cached_flags(sequential) == [False, False, False]
@@ -322,8 +340,8 @@ async def test_compare_bypasses_the_cache_and_colours_the_speedup_honestly(
         faster_colour = await speedup.evaluate("(n) => getComputedStyle(n).backgroundColor")
 
         # An upstream that is slower when asked twice at once: parallel loses, and says so.
-        await compare(page, CONTENDED)
-        parallel, sequential = site.runs[-2:]
+        runs = await compare(site, page, CONTENDED)
+        parallel, sequential = runs["parallel"], runs["sequential"]
         assert parallel["entry"]["total_ms"] > sequential["entry"]["total_ms"]
         value = str(await speedup.locator(".stat-value").text_content())
         assert float(value.rstrip("\u00d7")) < 1
