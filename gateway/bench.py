@@ -525,7 +525,11 @@ def run(args: argparse.Namespace) -> int:
             progress.clear()
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     if report.all_failed:
-        print("gateway bench: every request failed", file=sys.stderr)
+        hint = ""
+        if args.config is not None:
+            hint = ("; the config's upstreams must be running (examples/gateway.toml's are the "
+                    "demo's: `make run` in another shell)")
+        print(f"gateway bench: every request failed{hint}", file=sys.stderr)
         return 1
     return 0
 

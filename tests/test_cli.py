@@ -215,3 +215,23 @@ async def test_serve_outside_the_repo_uses_the_packaged_settings_and_says_so(
             f"{PACKAGED_HYPERCORN} (the package's default): bind 127.0.0.1:{server.port}, "
             "workers 1") in output
     assert "GET /x" in output  # the shipped settings' access log, not Hypercorn's bare default
+
+
+def test_bench_config_with_upstreams_down_says_why(tmp_path: Path) -> None:
+    """Issue 12: `HTTP 503 x200` alone never said that the upstream was unreachable."""
+    config = tmp_path / "down.toml"
+    config.write_text(ONE_ENDPOINT.replace("127.0.0.1:9", f"127.0.0.1:{_closed_port()}"))
+    done = run("-m", "gateway", "bench", "--config", str(config), "/x", "--requests", "3",
+               "--warmup", "0", "--concurrency", "1", timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert ("failures parallel: HTTP 502 x3\n  HTTP 502 x3: upstream 'u' is unreachable"
+            in done.stdout)
+    assert done.stderr.splitlines()[-1].startswith(
+        "gateway bench: every request failed; the config's upstreams must be running")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens there once the socket is closed
