@@ -154,7 +154,7 @@ class Gateway:
 
     async def _run_view(self, view: CodeView, ctx: RequestContext, runtime: Runtime,
                         on_call: OnCall | None) -> Result:
-        fan = Fan(ctx, runtime.upstreams, on_call)
+        fan = Fan(ctx, runtime.upstreams, on_call, route=f"{ctx.method} {view.route}")
         deadline = view.deadline or self.config.gateway.deadline
         left = ctx.remaining(deadline)  # the budget counts from the request's arrival
         start_deadline(left)
@@ -173,6 +173,7 @@ class Gateway:
             log.exception("view %s failed (request id %s)", view.func.__name__, ctx.request_id)
             return self._result(ctx, 500, None, list(fan.records.values()),
                                 f"the endpoint failed (request id {ctx.request_id})")
+        fan.settle()
         records = list(fan.records.values())
         return self._result(ctx, 200, data, records, complete=all(r.ok for r in records))
 

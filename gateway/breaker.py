@@ -11,6 +11,10 @@ one) and the upstream is not touched. After `reset` seconds it is half-open: exa
 trial call passes, the others still fail fast; the trial's success closes it, its failure
 opens it again for another `reset`. A trial that is canceled gives no verdict and frees
 the slot. Pure: time comes from `clock`, so tests need not sleep.
+
+The breaker belongs to the upstream, not to a call: every call to the upstream counts,
+optional ones included. So that a 503 is never a riddle, it remembers which calls' failures
+opened it (`opened_by`, at most `MAX_CULPRITS` names) and says so in `CircuitOpen`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the gauge's numbers
 
 # While a trial is in flight, callers are told to come back soon (Retry-After: 1).
 _TRIAL_RETRY_AFTER = 0.5
+MAX_CULPRITS = 3  # distinct callers named in the open breaker's message
 
 
 def counts_as_failure(error: CallError) -> bool:
@@ -52,6 +57,8 @@ class CircuitBreaker:
         self.failures = 0  # consecutive failed calls while closed
         self._opened_at = 0.0
         self._trial = False  # a half-open trial call is in flight
+        self._culprits: dict[str, None] = {}  # callers of the current run of failures
+        self.opened_by: tuple[str, ...] = ()  # ... and of the run that opened it last
 
     @property
     def state(self) -> str:
@@ -77,23 +84,37 @@ class CircuitBreaker:
             self._set(HALF_OPEN)
             self._trial = True
             return True
-        raise CircuitOpen(f"circuit breaker of upstream '{self.upstream}' is open",
-                          self.retry_after())
+        raise CircuitOpen(self.open_message(), self.retry_after())
+
+    def open_message(self) -> str:
+        """The one line a call refused by the open breaker reports."""
+        message = f"circuit breaker of upstream '{self.upstream}' is open"
+        if self.opened_by:
+            message += f" (opened by failures of {', '.join(self.opened_by)})"
+        return message
 
     def success(self, trial: bool) -> None:
         if trial:
             self._trial = False
             self._set(CLOSED)
         self.failures = 0
+        self._culprits.clear()
 
-    def failure(self, trial: bool) -> None:
+    def failure(self, trial: bool, by: str | None = None) -> None:
+        """A call failed; `by` names who made it (e.g. "optional call 'recs' of GET /x")."""
         if trial:
             self._trial = False
+            self._culprits = {by: None} if by else {}
             self._open()
             return
         if self._state != CLOSED:
             return  # a call admitted before the breaker opened: nothing more to learn
         self.failures += 1
+        if by and by not in self._culprits:
+            if len(self._culprits) < MAX_CULPRITS:
+                self._culprits[by] = None
+            else:
+                self._culprits["other calls"] = None
         if self.failures >= self.threshold:
             self._open()
 
@@ -105,6 +126,8 @@ class CircuitBreaker:
     def _open(self) -> None:
         self._opened_at = self._clock()
         self.failures = 0
+        self.opened_by = tuple(self._culprits)
+        self._culprits = {}
         self._set(OPEN)
 
     def _set(self, state: str) -> None:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .hooks import hook_folder, hook_problem
-from .template import BodyTemplate, Ref, TemplateSyntaxError, parse_refs
+from .template import BodyTemplate, Ref, TemplateSyntaxError, parse_refs, usage_problem
 
 STRATEGIES = ("parallel", "sequential")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -543,10 +543,21 @@ def call_templates(call: CallConfig) -> list[tuple[str, Any]]:
 
 def template_refs(key: str, raw: Any, params: tuple[str, ...],
                   names: tuple[str, ...]) -> list[Ref]:
-    """The placeholders of one template; raises `TemplateSyntaxError`."""
-    if key == "body":
-        return list(BodyTemplate.parse(raw, params, names).refs)
-    return [r for r in parse_refs(raw, params, names) if isinstance(r, Ref)]
+    """The placeholders of one template; raises `TemplateSyntaxError`, also for a
+    placeholder form that does not work where it stands (`usage_problem`)."""
+    where = key.partition(".")[0]
+    if where == "body":
+        refs = list(BodyTemplate.parse(raw, params, names).refs)
+        whole = False
+    else:
+        parts = parse_refs(raw, params, names)
+        refs = [r for r in parts if isinstance(r, Ref)]
+        whole = len(parts) == 1
+    for ref in refs:
+        problem = usage_problem(ref, where, whole)
+        if problem is not None:
+            raise TemplateSyntaxError(problem)
+    return refs
 
 
 def _check_placeholders(c: _Checker, p: str, route: str, calls: list[CallConfig],
@@ -647,11 +658,15 @@ def _url_problem(url: str) -> str | None:
 def _path_problem(path: str) -> str | None:
     if not path.startswith("/"):
         return f"'{path}' must start with '/'"
+    path = _PLACEHOLDER_TEXT.sub("_", path)  # a default may hold any text; checked apart
     if "?" in path or "#" in path:
         return "put query parameters in 'query', not in the path"
     if any(seg in (".", "..") for seg in path.split("/")):
         return "'.' and '..' segments are not allowed"
     return None
+
+
+_PLACEHOLDER_TEXT = re.compile(r"\{[^{}]*\}")
 
 
 def _route_problem(route: str) -> str | None:

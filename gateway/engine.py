@@ -19,7 +19,7 @@ from .context import RequestContext
 from .envelope import CallRecord, dumps, failure_status
 from .errors import CallError, UpstreamUnavailable
 from .plan import CallPlan, Plan
-from .retry import start_deadline
+from .retry import counting, start_deadline
 from .template import Inputs
 from .upstream import Reply, Upstream
 
@@ -105,15 +105,21 @@ class _Run:
             pass
 
     async def call(self, call: CallPlan) -> None:
+        record = self.records[call.name]
+        if call.skip_unless and call.skipped(self.inputs):
+            record.skip()  # an optional call without a request value it needs
+            self.results[call.name] = call.default
+            self._notify(record, call.default)
+            return
         for dep in call.deps:
             task = self.tasks.get(dep)
             if task is not None:
                 await task
-        record = self.records[call.name]
         started = time.perf_counter()
         record.start_ms = (started - self.ctx.started) * 1000.0
         try:
-            reply = await self._send(call)
+            with counting(call.label) as tally:
+                reply = await self._send(call)
         except CallError as error:
             record.finish_failed(error, (time.perf_counter() - started) * 1000.0)
             if not call.optional:
@@ -121,8 +127,9 @@ class _Run:
                 self._notify(record, None)
                 raise _RequiredFailed from error
             result = call.default
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # cut off: the deadline, or a required sibling failed
             record.elapsed_ms = (time.perf_counter() - started) * 1000.0
+            record.attempts = tally.attempts
             raise
         else:
             record.finish_ok(reply, (time.perf_counter() - started) * 1000.0)

@@ -38,6 +38,13 @@ class CallRecord:
     batch: int | None = None
     queued_ms: float | None = None
     finished: bool = False
+    skipped: bool = False
+
+    def skip(self) -> None:
+        """The call was not made (an optional call without a request value it needs)."""
+        self.ok = True
+        self.finished = True
+        self.skipped = True
 
     def fail(self, error: CallError) -> None:
         self.ok = False
@@ -63,6 +70,8 @@ class CallRecord:
         self.queued_ms = reply.queued_ms
 
     def to_meta(self) -> dict[str, Any]:
+        if self.skipped:
+            return {"skipped": True, "ok": True}
         meta: dict[str, Any] = {
             "status": self.status,
             "ok": self.ok,
@@ -108,10 +117,11 @@ def server_timing(records: Iterable[CallRecord], total_ms: float) -> str:
     """`Server-Timing` value: one entry per call that ran, then `total`.
 
     A call cut off in flight (deadline, a failed sibling) ran too: its time until then is
-    what explains a 504, so it is listed; only calls that never started are left out.
+    what explains a 504, so it is listed; only calls that never started (or were skipped)
+    are left out.
     """
     parts = [f"{r.name};dur={r.elapsed_ms:.1f}" for r in records
-             if r.attempts or r.finished or r.elapsed_ms > 0]
+             if not r.skipped and (r.attempts or r.finished or r.elapsed_ms > 0)]
     parts.append(f"total;dur={total_ms:.1f}")
     return ", ".join(parts)
 

@@ -4,7 +4,8 @@
 runs several concurrently, or one after another when the request's strategy
 is sequential, so one view serves both. Calls go through the same
 `Upstream` objects as config calls (timeouts, body caps, header rules) and
-fill the same `meta`.
+fill the same `meta`. A call described but never awaited is reported as a
+config call that was skipped: `{"skipped": true, "ok": true}`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import quote, unquote, urlencode
 from .context import RequestContext
 from .envelope import CallRecord, dumps
 from .errors import CallError, RequestError
+from .retry import counting
 from .template import path_value_problem
 from .upstream import Upstream
 
@@ -47,11 +49,12 @@ class Fan:
     """Makes upstream calls by upstream name for one request."""
 
     def __init__(self, ctx: RequestContext, upstreams: Mapping[str, Upstream],
-                 on_call: OnCall | None = None) -> None:
+                 on_call: OnCall | None = None, route: str = "a code view") -> None:
         self.ctx = ctx
         self.records: dict[str, CallRecord] = {}
         self._upstreams = upstreams
         self._on_call = on_call
+        self._route = route  # "GET /summary/<int:user_id>", for the breaker's messages
 
     @property
     def strategy(self) -> str:
@@ -119,21 +122,32 @@ class Fan:
         headers = upstream.outgoing_headers(self.ctx.headers, self.ctx.request_id)
         started = time.perf_counter()
         record.start_ms = (started - self.ctx.started) * 1000.0
+        label = f"{'optional ' if call.optional else ''}call '{call.name}' of {self._route}"
         try:
-            reply = await upstream.call(call.method, url, headers, body, cache=self.ctx.cache)
+            with counting(label) as tally:
+                reply = await upstream.call(call.method, url, headers, body,
+                                            cache=self.ctx.cache)
         except CallError as error:
             record.finish_failed(error, (time.perf_counter() - started) * 1000.0)
             self._notify(record, None)
             if not call.optional:
                 raise
             return call.default
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # cut off: the deadline, or a required sibling failed
             record.elapsed_ms = (time.perf_counter() - started) * 1000.0
+            record.attempts = tally.attempts
             record.error = "canceled"
             raise
         record.finish_ok(reply, (time.perf_counter() - started) * 1000.0)
         self._notify(record, reply.data)
         return reply.data
+
+    def settle(self) -> None:
+        """Once the view has answered: a call it described but never ran was skipped."""
+        for record in self.records.values():
+            if not (record.finished or record.start_ms or record.error is not None):
+                record.skip()
+                self._notify(record, None)
 
     def _notify(self, record: CallRecord, data: Any) -> None:
         if self._on_call is not None:

@@ -48,6 +48,7 @@ def readiness(runtime: Runtime | None) -> tuple[bool, dict[str, Any]]:
             entry["failures"] = breaker.failures
             if entry["state"] == OPEN:
                 entry["retry_after"] = round(breaker.retry_after(), 2)
+                entry["opened_by"] = list(breaker.opened_by)  # whose failures: breaker.py
                 ready = ready and not required
         upstreams[name] = entry
     return ready, {"ready": ready, "upstreams": upstreams}

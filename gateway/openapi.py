@@ -153,8 +153,8 @@ def _operation(config: Config, target: Target, route: str, method: str) -> dict[
         params += _placeholder_params(refs)
         body = _body_schema(refs)
         if body is not None:
-            op["requestBody"] = {"required": True,
-                                 "content": {"application/json": {"schema": body}}}
+            op["requestBody"] = {"required": body[1],
+                                 "content": {"application/json": {"schema": body[0]}}}
         reads_body = target.needs_body
         if not code:
             names = [c.name for c in target.calls]
@@ -177,38 +177,41 @@ def _operation_id(method: str, route: str) -> str:
     return f"{method.lower()}_{slug}"
 
 
-def _request_refs(plan: Plan) -> list[tuple[Ref, bool]]:
-    """Every request placeholder with whether it lands in a URL (so must be a scalar)."""
-    return [(check.ref, check.in_url) for check in plan.checks]
+def _request_refs(plan: Plan) -> list[tuple[Ref, bool, bool]]:
+    """Every request placeholder with whether it lands in a URL (so must be a scalar) and
+    whether a request without it is a 400 (no default, no `?`, not an optional call's)."""
+    return [(check.ref, check.in_url, check.required) for check in plan.checks]
 
 
-def _placeholder_params(refs: list[tuple[Ref, bool]]) -> list[dict[str, Any]]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for ref, _ in refs:
-        if ref.source not in ("query", "header") or (ref.source, ref.name) in seen:
+def _placeholder_params(refs: list[tuple[Ref, bool, bool]]) -> list[dict[str, Any]]:
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for ref, _, required in refs:
+        if ref.source not in ("query", "header"):
             continue
-        seen.add((ref.source, ref.name))
         if ref.source == "header" and ref.name in _RESERVED_HEADERS:
             continue  # OpenAPI ignores these as parameters; a missing one is still a 400
-        out.append({"name": ref.name, "in": ref.source, "required": True,
-                    "schema": {"type": "string"},
-                    "description": f"fills {ref.text}"})
-    return out
+        param = out.setdefault((ref.source, ref.name), {
+            "name": ref.name, "in": ref.source, "required": False,
+            "schema": {"type": "string"}, "description": f"fills {ref.text}"})
+        param["required"] = param["required"] or required
+    return list(out.values())
 
 
-def _body_schema(refs: list[tuple[Ref, bool]]) -> dict[str, Any] | None:
-    """An object schema requiring every `{body....}` field, scalars where used in a URL."""
+def _body_schema(refs: list[tuple[Ref, bool, bool]]) -> tuple[dict[str, Any], bool] | None:
+    """An object schema requiring every `{body....}` field a request must have, scalars
+    where used in a URL; and whether the body itself is required. `{body}` is any JSON."""
     root: dict[str, Any] = {}
-    found = False
-    for ref, in_url in refs:
+    found = required_body = False
+    for ref, in_url, required in refs:
         if ref.source != "body":
             continue
         found = True
-        _require(root, (ref.name, *ref.path), _SCALAR if in_url else _NOT_NULL)
+        required_body = required_body or required
+        if required and ref.name:
+            _require(root, (ref.name, *ref.path), _SCALAR if in_url else _NOT_NULL)
     if not found:
         return None
-    return {"type": "object", **root}
+    return ({"type": "object", **root} if root else {}), required_body
 
 
 def _require(node: dict[str, Any], path: tuple[str, ...], leaf: dict[str, Any]) -> None:
@@ -288,7 +291,7 @@ def _timing_headers() -> dict[str, Any]:
 
 
 def _components() -> dict[str, Any]:
-    call_meta = {
+    ran = {
         "type": "object",
         "required": ["status", "ok", "elapsed_ms", "attempts", "cached"],
         "properties": {
@@ -303,6 +306,13 @@ def _components() -> dict[str, Any]:
             "queued_ms": {"type": "number"},
         },
     }
+    skipped = {  # an optional call without a request value it needs, or a view's unrun call
+        "type": "object",
+        "required": ["skipped", "ok"],
+        "properties": {"skipped": {"const": True}, "ok": {"const": True}},
+        "additionalProperties": False,
+    }
+    call_meta = {"anyOf": [ran, skipped]}
     meta = {
         "type": "object",
         "required": ["processing_time_ms", "strategy", "complete", "calls"],

@@ -18,11 +18,13 @@ from .config import Config, EndpointConfig, route_params
 from .errors import CallInputError, ConfigError, RequestError
 from .hooks import Combine, hook_folder, import_hook
 from .template import (
+    MISSING,
     BodyTemplate,
     Inputs,
     Ref,
     UrlTemplate,
-    lookup,
+    find,
+    missing,
     path_value_problem,
     scalar_text,
 )
@@ -42,6 +44,13 @@ class CallPlan:
     select: tuple[str, ...] | None
     rename: Mapping[str, str]
     deps: tuple[str, ...]
+    # An optional call is skipped when one of these request values is missing (not a 400).
+    skip_unless: tuple[Ref, ...] = ()
+    label: str = ""  # who makes the call, for the breaker's message: "call 'user' of GET /x"
+
+    def skipped(self, inputs: Inputs) -> bool:
+        """Whether this (optional) call lacks a request value it needs, so must not run."""
+        return any(find(ref, inputs) is MISSING for ref in self.skip_unless)
 
     def render_url(self, inputs: Inputs) -> str:
         """Path and query string, every substituted value percent-encoded."""
@@ -51,9 +60,10 @@ class CallPlan:
             # Only reachable through templates like `{a}{b}` whose parts are each harmless.
             raise CallInputError(f"call '{self.name}': its path would hold a '.' or '..' segment")
         if self.query:
-            url += "?" + "&".join(
-                f"{key}={value.render(inputs, self.name)}" for key, value in self.query
-            )
+            pairs = [f"{key}={value.render(inputs, self.name)}"
+                     for key, value in self.query if not value.omitted(inputs)]
+            if pairs:
+                url += "?" + "&".join(pairs)
         return url
 
     def shape(self, data: Any) -> Any:
@@ -82,6 +92,12 @@ class RequestCheck:
     call: str
     in_path: bool
     in_url: bool
+    optional: bool = False  # the call is optional: a missing value skips it instead
+
+    @property
+    def required(self) -> bool:
+        """Whether a request without this value is a 400."""
+        return self.ref.required and not self.optional
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +114,17 @@ class Plan:
     combine_is_async: bool
 
     def check_request(self, inputs: Inputs) -> None:
-        """Raise `RequestError` (400) for a missing or unusable request value."""
+        """Raise `RequestError` (400) for a missing or unusable request value.
+
+        A value with a default or a `?`, or one an optional call needs, may be missing
+        (defaults were checked at load); one that is there must be usable all the same.
+        """
         for check in self.checks:
-            value = lookup(check.ref, inputs, check.call)
+            value = find(check.ref, inputs)
+            if value is MISSING:
+                if check.required:
+                    raise missing(check.ref, check.call)
+                continue
             if check.in_url:
                 text = scalar_text(value, check.ref, check.call)
                 if check.in_path and (problem := path_value_problem(text)) is not None:
@@ -149,11 +173,11 @@ def compile_plan(endpoint: EndpointConfig, combine: Combine | None = None) -> Pl
         refs: list[Ref] = []
         for t in url_templates:
             refs += t.refs
-            checks += [RequestCheck(r, call.name, t.in_path, True)
+            checks += [RequestCheck(r, call.name, t.in_path, True, call.optional)
                        for r in t.refs if r.from_request]
         if body is not None:
             refs += body.refs
-            checks += [RequestCheck(r, call.name, False, False)
+            checks += [RequestCheck(r, call.name, False, False, call.optional)
                        for r in body.refs if r.from_request]
         needs_body = needs_body or any(r.source == "body" for r in refs)
         deps = tuple(dict.fromkeys(r.name for r in refs if r.source == "call"))
@@ -161,6 +185,10 @@ def compile_plan(endpoint: EndpointConfig, combine: Combine | None = None) -> Pl
             name=call.name, upstream=call.upstream, method=call.method, path=path,
             batch_key=batch_key, query=query, body=body, optional=call.optional,
             default=call.default, select=call.select, rename=dict(call.rename), deps=deps,
+            skip_unless=tuple(dict.fromkeys(
+                r for r in refs if r.from_request and r.required)) if call.optional else (),
+            label=f"{'optional ' if call.optional else ''}call '{call.name}' of "
+                  f"{endpoint.method} {endpoint.route}",
         ))
     return Plan(
         route=endpoint.route,

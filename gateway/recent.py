@@ -148,8 +148,8 @@ def make_entry(seq: int, target: Target, ctx: RequestContext, result: Result) ->
             deps=known.get(name, ("", ()))[1],
             error=m.get("error"),
             cached=bool(m.get("cached")),
-            # A call stopped by its request's failure never counted an attempt.
-            canceled=not m.get("ok") and not m.get("attempts") and bool(m.get("elapsed_ms")),
+            # A call stopped by its request's failure (or deadline) says so in its error.
+            canceled=not m.get("ok") and str(m.get("error") or "").startswith("canceled"),
         )
         for name, m in calls_meta.items()
     )

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from .errors import CallError, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
@@ -44,6 +46,34 @@ def start_deadline(seconds: float) -> None:
 def deadline() -> float | None:
     """The current request's deadline (loop time), or None outside a request."""
     return _deadline.get()
+
+
+@dataclass(slots=True)
+class Tally:
+    """The call this task is making: who makes it (for the breaker's messages) and the
+    attempts started so far, readable when the call is cut off before it can report them."""
+
+    label: str
+    attempts: int = 0
+
+
+_tally: ContextVar[Tally | None] = ContextVar("gateway_call_tally", default=None)
+
+
+@contextmanager
+def counting(label: str) -> Iterator[Tally]:
+    """Count the attempts of the call made inside this block (one call per block)."""
+    tally = Tally(label)
+    token = _tally.set(tally)
+    try:
+        yield tally
+    finally:
+        _tally.reset(token)
+
+
+def current_call() -> Tally | None:
+    """The `Tally` of the call being made in this task, if its maker keeps one."""
+    return _tally.get()
 
 
 def retryable(error: CallError) -> bool:
@@ -159,9 +189,12 @@ class Retrier:
             request_end = _deadline.get()
             if request_end is not None:
                 end = min(end, request_end)
+        tally = _tally.get()
         n = 0
         while True:
             n += 1
+            if tally is not None:
+                tally.attempts = n  # counted as it starts: a cut-off attempt was still made
             left = retries - n + 1  # retries still possible after this attempt
             limit = end
             if left > 0 and budget is not None and budget.has_room(loop.time()):

@@ -203,6 +203,8 @@ class _Connection:
                        "start_ms": round(record.start_ms, 2), "data": data}
             if record.error is not None:
                 message["error"] = record.error
+            if record.skipped:
+                message["skipped"] = True
             pending.put_nowait(envelope.dumps(message))
 
         async def run() -> None:

@@ -1,10 +1,15 @@
 """Placeholders: parsing at load, substitution and encoding per request (pure).
 
 `{user_id}` is a route parameter, `{query.NAME}`, `{header.NAME}` and
-`{body.FIELD}` come from the incoming request, `{CALL.FIELD.SUB}` from another
-call's reply. Values substituted into a URL are percent-encoded as one path
-segment or query value, so nothing a client or an upstream sends can change
-which upstream path or host is called.
+`{body.FIELD}` come from the incoming request (`{body}` is the whole body),
+`{CALL.FIELD.SUB}` from another call's reply (`{CALL}` the whole reply). Values
+substituted into a URL are percent-encoded as one path segment or query value,
+so nothing a client or an upstream sends can change which upstream path or host
+is called.
+
+A placeholder may end in `:-TEXT` (use TEXT when the value is missing) or `?`
+(a `query` value left out when the value is missing); `usage_problem` says
+where each form is allowed.
 """
 
 from __future__ import annotations
@@ -53,10 +58,17 @@ class Ref:
     name: str  # route parameter, query or header name, body field, or call name
     path: tuple[str, ...]  # fields below `name`
     text: str  # as written, for messages
+    default: str | None = None  # `{query.q:-all}`: used when the value is missing
+    omit: bool = False  # `{query.q?}`: a missing value leaves its query parameter out
 
     @property
     def from_request(self) -> bool:
         return self.source != "call"
+
+    @property
+    def required(self) -> bool:
+        """Whether a missing value is an error (no default, not omittable)."""
+        return self.default is None and not self.omit
 
 
 class TemplateSyntaxError(ValueError):
@@ -82,22 +94,56 @@ def parse_refs(text: str, params: tuple[str, ...], calls: tuple[str, ...]) -> li
 
 def _ref(inner: str, params: tuple[str, ...], calls: tuple[str, ...]) -> Ref:
     text = "{" + inner + "}"
-    segs = tuple(inner.split("."))
-    if not inner or not all(_SEGMENT.match(s) for s in segs):
+    names, sep, default = inner.partition(":-")
+    omit = not sep and names.endswith("?")
+    if omit:
+        names = names[:-1]
+    fallback = default if sep else None
+    segs = tuple(names.split("."))
+    if not names or not all(_SEGMENT.match(s) for s in segs):
         raise TemplateSyntaxError(f"'{text}' is not a placeholder (names joined by '.')")
     head = segs[0]
+    if head == "body" and len(segs) == 1:
+        return Ref("body", "", (), text, fallback, omit)  # the whole incoming body
     if head in REQUEST_SOURCES:
         if len(segs) < 2:
             raise TemplateSyntaxError(f"'{text}' needs a name, like {{{head}.NAME}}")
         name = segs[1].lower() if head == "header" else segs[1]
-        return Ref(head, name, segs[2:], text)  # type: ignore[arg-type]
+        return Ref(head, name, segs[2:], text, fallback, omit)  # type: ignore[arg-type]
     if head in params:
         if len(segs) > 1:
             raise TemplateSyntaxError(f"'{text}': route parameter '{head}' has no fields")
+        if sep or omit:
+            raise TemplateSyntaxError(f"'{text}': route parameter '{head}' is never missing, "
+                                      "so it takes no ':-DEFAULT' or '?'")
         return Ref("param", head, (), text)
     if head in calls:
-        return Ref("call", head, segs[1:], text)
+        return Ref("call", head, segs[1:], text, fallback, omit)
     raise TemplateSyntaxError(f"'{text}' names neither a route parameter nor a call")
+
+
+def usage_problem(ref: Ref, where: str, whole: bool) -> str | None:
+    """Why `ref` cannot stand in a `where` template ("path", "batch_key", "query", "body").
+
+    `whole` says the template is this one placeholder and nothing else. Checked at load,
+    so a request never meets a template that could not work.
+    """
+    if ref.source == "body" and not ref.name and where != "body":
+        return f"'{ref.text}' (the whole JSON body) only works in a body template; " \
+               "use {body.FIELD}"
+    if ref.omit and (where != "query" or not whole):
+        return f"'{ref.text}' ('?': leave the parameter out) must be a whole query value"
+    default = ref.default
+    if default is None or where == "body":
+        return None
+    if any(ch in default for ch in _FORBIDDEN):
+        return f"the default of '{ref.text}' contains CR, LF or NUL"
+    if where == "path":  # refused exactly as a request value would be, once per request
+        try:
+            UrlTemplate((ref,), in_path=True).render(_NOTHING, "")
+        except (RequestError, CallInputError) as exc:
+            return f"the default of '{ref.text}' cannot be used in a path ({exc})"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +157,13 @@ class Inputs:
     results: Mapping[str, Any]
 
 
-_MISSING = object()
+_MISSING: Any = object()
+MISSING: Any = _MISSING  # what `find` returns for an absent (or null) value
+_NOTHING = Inputs({}, {}, {}, None, {})
 
 
-def lookup(ref: Ref, inputs: Inputs, call: str) -> Any:
-    """The value a placeholder stands for; a missing one is a 400 or a failed call."""
+def find(ref: Ref, inputs: Inputs) -> Any:
+    """The value a placeholder reads, or `MISSING` if it is absent or null (no default)."""
     if ref.source == "param":
         value = inputs.params.get(ref.name, _MISSING)
     elif ref.source == "query":
@@ -123,13 +171,21 @@ def lookup(ref: Ref, inputs: Inputs, call: str) -> Any:
     elif ref.source == "header":
         value = inputs.headers.get(ref.name, _MISSING)
     elif ref.source == "body":
-        value = _dig(inputs.body, (ref.name,))
+        value = _dig(inputs.body, (ref.name,)) if ref.name else inputs.body
     else:
         value = inputs.results.get(ref.name, _MISSING)
     if ref.path and value is not _MISSING:
         value = _dig(value, ref.path)
-    if value is _MISSING or value is None:
-        raise missing(ref, call)
+    return _MISSING if value is None else value
+
+
+def lookup(ref: Ref, inputs: Inputs, call: str) -> Any:
+    """The value a placeholder stands for, else its default; missing is a 400 or a failed call."""
+    value = find(ref, inputs)
+    if value is _MISSING:
+        if ref.default is None:
+            raise missing(ref, call)
+        return ref.default
     return value
 
 
@@ -141,6 +197,8 @@ def missing(ref: Ref, call: str) -> RequestError | CallInputError:
         "body": "body field",
         "call": "reply field",
     }[ref.source]
+    if ref.source == "body" and not ref.name:
+        return RequestError(f"missing JSON body (needed by call '{call}')")
     shown = ref.text[1:-1] if ref.source in ("body", "call") else ref.name
     if ref.from_request or ref.source == "param":
         return RequestError(f"missing {what} '{shown}' (needed by call '{call}')")
@@ -194,6 +252,12 @@ class UrlTemplate:
     @property
     def refs(self) -> tuple[Ref, ...]:
         return tuple(p for p in self.parts if isinstance(p, Ref))
+
+    def omitted(self, inputs: Inputs) -> bool:
+        """True for a `{X?}` query value whose X is missing: leave the parameter out."""
+        parts = self.parts
+        return (len(parts) == 1 and isinstance(parts[0], Ref) and parts[0].omit
+                and find(parts[0], inputs) is _MISSING)
 
     def render(self, inputs: Inputs, call: str, encode: bool = True) -> str:
         out = []

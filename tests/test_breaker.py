@@ -105,6 +105,51 @@ def test_a_canceled_trial_frees_the_slot_without_a_verdict() -> None:
     assert cb.admit() is True
 
 
+def test_it_names_the_callers_whose_failures_opened_it() -> None:
+    cb, _, _ = breaker(failures=3)
+    cb.failure(cb.admit(), "optional call 'recs' of GET /shop")
+    cb.failure(cb.admit(), "optional call 'recs' of GET /shop")
+    cb.failure(cb.admit(), "call 'item' of GET /shop")
+    assert cb.opened_by == ("optional call 'recs' of GET /shop", "call 'item' of GET /shop")
+    with pytest.raises(CircuitOpen) as info:
+        cb.admit()
+    assert str(info.value) == (
+        "circuit breaker of upstream 'up' is open (opened by failures of optional call 'recs' "
+        "of GET /shop, call 'item' of GET /shop)")
+
+
+def test_a_success_forgets_the_callers_of_earlier_failures() -> None:
+    cb, _, _ = breaker(failures=2)
+    cb.failure(cb.admit(), "call 'early'")
+    cb.success(cb.admit())
+    cb.failure(cb.admit(), "call 'a'")
+    cb.failure(cb.admit())  # a caller without a name is counted, not named
+    assert cb.opened_by == ("call 'a'",)
+
+
+def test_the_named_callers_are_bounded() -> None:
+    cb, _, _ = breaker(failures=50)
+    for n in range(49):
+        cb.failure(cb.admit(), f"call 'c{n}'")
+    cb.failure(cb.admit(), "call 'c0'")
+    assert cb.opened_by == ("call 'c0'", "call 'c1'", "call 'c2'", "other calls")
+
+
+def test_a_failed_trial_names_the_trial_call() -> None:
+    cb, clock, _ = breaker(failures=1, reset=1.0)
+    cb.failure(cb.admit(), "call 'first'")
+    clock.now += 1.0
+    cb.failure(cb.admit(), "call 'trial'")
+    assert cb.opened_by == ("call 'trial'",)
+    assert "opened by failures of call 'trial'" in cb.open_message()
+
+
+def test_without_names_the_message_is_the_plain_line() -> None:
+    cb, _, _ = breaker(failures=1)
+    cb.failure(cb.admit())
+    assert cb.open_message() == "circuit breaker of upstream 'up' is open"
+
+
 def test_upstream_4xx_is_not_a_failure() -> None:
     assert not counts_as_failure(UpstreamStatus("x", 404))
     assert counts_as_failure(UpstreamStatus("x", 500))
@@ -196,3 +241,80 @@ async def test_code_views_share_the_breaker(
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) >= 29
     assert server.requests == 1
+
+
+# -- the breaker belongs to the upstream: optional calls' failures count too --------------------
+
+
+class Catalog:
+    """`/items/N` answers; `/recs` fails with 500, a little after the item (so a request's
+    item success never resets the count after its recs failure)."""
+
+    async def __call__(self, request: Request) -> Response:
+        if request.path.startswith("/items/"):
+            return json_response({"id": int(request.path.rsplit("/", 1)[1])})
+        await asyncio.sleep(0.05)
+        return json_response({"error": "recs down"}, 500)
+
+
+def shop(catalog: Any, *, extras_upstream: str = "catalog") -> dict[str, Any]:
+    upstreams: dict[str, Any] = {
+        "catalog": {"url": catalog, "cache_ttl": 30, "breaker": {"failures": 2, "reset": 30}}}
+    if extras_upstream != "catalog":  # the same service under a second name: its own breaker
+        upstreams[extras_upstream] = {"url": catalog, "breaker": {"failures": 2, "reset": 30}}
+    return make_config(upstreams, endpoint(
+        "/shop/<int:item_id>",
+        call("item", "catalog", "/items/{item_id}"),
+        call("recs", extras_upstream, "/recs", optional=True, default=[])))
+
+
+async def test_optional_failures_open_the_breaker_a_required_call_needs_and_the_503_says_so(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    server = await upstream(Catalog())
+    client = await gateway_client(shop(server))
+    for _ in range(2):  # the item is then a cache hit: only recs reaches the upstream
+        response = await client.get("/shop/1")
+        assert response.status_code == 200
+        assert (await response.get_json())["meta"]["complete"] is False
+    assert server.requests == 3
+
+    response = await client.get("/shop/2")  # a cache miss meets the open breaker
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    body = await response.get_json()
+    assert body["error"] == ("circuit breaker of upstream 'catalog' is open (opened by failures "
+                             "of optional call 'recs' of GET /shop/<int:item_id>)")
+    assert server.requests == 3
+
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    state = (await ready.get_json())["upstreams"]["catalog"]
+    assert state["state"] == "open"
+    assert state["opened_by"] == ["optional call 'recs' of GET /shop/<int:item_id>"]
+
+    response = await client.get("/shop/1")  # a fresh cache hit is still served
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["data"] == {"item": {"id": 1}, "recs": []}
+    assert body["meta"]["calls"]["item"]["cached"] is True
+
+
+async def test_optional_calls_under_their_own_upstream_name_leave_the_required_one_alone(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    server = await upstream(Catalog())
+    client = await gateway_client(shop(server, extras_upstream="catalog_extras"))
+    for _ in range(3):
+        assert (await client.get("/shop/1")).status_code == 200
+    response = await client.get("/shop/2")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["data"] == {"item": {"id": 2}, "recs": []}
+    assert "circuit breaker of upstream 'catalog_extras' is open" in \
+        body["meta"]["calls"]["recs"]["error"]
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200  # catalog_extras only serves optional calls
+    upstreams = (await ready.get_json())["upstreams"]
+    assert (upstreams["catalog"]["state"], upstreams["catalog_extras"]["state"]) == \
+        ("closed", "open")

@@ -169,3 +169,19 @@ def test_dumps_turns_non_json_values_into_strings() -> None:
 class _Opaque:
     def __str__(self) -> str:
         return "opaque"
+
+
+# -- skipped calls ----------------------------------------------------------------------------
+
+
+def test_a_skipped_call_is_exactly_skipped_and_ok() -> None:
+    record = CallRecord(name="recs", upstream="u")
+    record.skip()
+    assert record.to_meta() == {"skipped": True, "ok": True}
+    assert (record.ok, record.finished) == (True, True)
+
+
+def test_server_timing_leaves_skipped_calls_out() -> None:
+    skipped = CallRecord(name="recs", upstream="u")
+    skipped.skip()
+    assert server_timing([ok("user", 1.0), skipped], 3.0) == "user;dur=1.0, total;dur=3.0"

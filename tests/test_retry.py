@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config
 
+from gateway import Fan, Gateway
 from gateway._httpserver import Handler, Request, Response, json_response
 from gateway.errors import (
     CallError,
@@ -17,7 +18,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.retry import Backoff, RetryBudget, retryable
+from gateway.retry import Backoff, Retrier, RetryBudget, counting, retryable
 
 
 def statuses(*codes: int, delay: float = 0.0) -> Handler:
@@ -187,3 +188,95 @@ async def test_budget_caps_the_extra_load_on_a_failing_upstream_under_a_burst(
     # Without a budget: 4 x 60 = 240 calls. With it: 60 + floor (10) + 20% of 60 (12).
     extra = server.requests - burst
     assert 0 < extra <= RetryBudget.minimum + RetryBudget.ratio * burst
+
+
+# -- attempts of a call cut off in flight ---------------------------------------------------------
+
+
+async def test_a_call_cut_by_the_deadline_counts_its_attempt(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    fast, slow = await upstream(statuses(200)), await upstream(statuses(200, delay=3.0))
+    client = await gateway_client(make_config(
+        {"fast": fast, "slow": slow},
+        endpoint("/x", call("fast", "fast", "/"), call("slow", "slow", "/")), deadline=0.3))
+    response = await client.get("/x")
+    assert response.status_code == 504
+    calls = (await response.get_json())["meta"]["calls"]
+    assert (calls["slow"]["attempts"], calls["slow"]["ok"]) == (1, False)
+    assert calls["slow"]["error"].startswith("canceled: deadline")
+    assert calls["fast"]["attempts"] == 1
+    assert slow.requests == 1
+
+
+async def test_a_call_cut_by_a_failed_sibling_counts_every_attempt_it_started(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    failing = await upstream(statuses(500, delay=0.4))
+    hung = await upstream(statuses(200, delay=3.0))
+    seen = 0
+
+    async def first_503_then_hang(request: Request) -> Response:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            return json_response({}, 503)
+        await asyncio.sleep(3.0)  # the retry hangs until it is cut off
+        return json_response({})
+
+    retrying = await upstream(first_503_then_hang)
+    client = await gateway_client(make_config(
+        {"failing": failing, "hung": hung, "retrying": {"url": retrying, "retries": 1}},
+        endpoint("/x", call("failing", "failing", "/"), call("hung", "hung", "/"),
+                 call("retrying", "retrying", "/"))))
+    response = await client.get("/x")
+    assert response.status_code == 502
+    calls = (await response.get_json())["meta"]["calls"]
+    assert calls["failing"]["attempts"] == 1
+    assert (calls["hung"]["attempts"], calls["hung"]["error"]) == \
+        (1, "canceled: required call 'failing' failed")
+    assert calls["retrying"]["attempts"] == 2  # the 503, then the retry that was cut off
+    assert retrying.requests == 2
+    assert hung.requests == 1
+
+
+async def test_a_code_view_call_cut_off_counts_its_attempt(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    failing = await upstream(statuses(500, delay=0.1))
+    hung = await upstream(statuses(200, delay=3.0))
+    gw = Gateway(make_config({"failing": failing, "hung": hung}))
+
+    @gw.aggregate("/v")
+    async def view(fan: Fan) -> Any:
+        return await fan.gather(fan.get("failing", "/"), fan.get("hung", "/"))
+
+    client = await gateway_client(gw)
+    response = await client.get("/v")
+    assert response.status_code == 502
+    calls = (await response.get_json())["meta"]["calls"]
+    assert (calls["hung"]["attempts"], calls["hung"]["error"]) == (1, "canceled")
+    assert calls["failing"]["attempts"] == 1
+
+
+async def test_the_retry_loop_counts_attempts_as_they_start() -> None:
+    retrier = Retrier("up", 5.0, 2)
+    retrier.backoff = Backoff(base=0.001)
+    seen = 0
+    retried = asyncio.Event()
+
+    async def attempt() -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            raise UpstreamStatus("upstream 'up' answered 503", 503)
+        retried.set()
+        await asyncio.sleep(10)
+
+    with counting("call 'c'") as tally:
+        task = asyncio.create_task(retrier.run("GET", attempt))
+        await retried.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert (tally.label, tally.attempts) == ("call 'c'", 2)
