@@ -21,7 +21,7 @@ import zlib
 from .budget import Lease
 
 # The most one decompress call may produce: 0.2-1 ms of CPU, then the loop runs again.
-SLICE_BYTES = 256 * 1024
+SLICE_BYTES = 128 * 1024
 
 
 class BodyTooLarge(Exception):
