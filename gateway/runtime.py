@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from . import allocator
 from .budget import MemoryBudget
 from .config import Config, UpstreamConfig
 from .health import required_upstreams
@@ -18,6 +19,7 @@ class Runtime:
     """Upstream clients (and, as they arrive, breakers, caches, job store, metrics)."""
 
     def __init__(self, config: Config) -> None:
+        allocator.tune()  # process-wide and idempotent: big buffers are returned when freed
         self.config = config
         self.metrics = Metrics()  # its own registry: two gateways in a process never mix
         # One budget for every upstream's bodies in flight; a reload changes its limit only.
