@@ -40,6 +40,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq wrk) || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 	$(BIN)/python benchmarks/run.py
 	GATEWAY_LOAD_REQUESTS=10000 $(BIN)/pytest -q -s tests/test_load.py  # the 10k storm
+	$(BIN)/python benchmarks/hostile.py  # issue 11's floods: RSS and /healthz under attack
 
 # Redraws docs/dashboard.png from a live demo (Debian's chromium; no browser is downloaded).
 screenshot: $(STAMP)

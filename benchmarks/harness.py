@@ -102,6 +102,12 @@ class Procs(contextlib.AbstractContextManager["Procs"]):
         self._procs.append(proc)
         return proc
 
+    def file(self, name: str, text: str) -> Path:
+        """Write a file (e.g. a config) that lives as long as these processes."""
+        path = self._logdir / name
+        path.write_text(text)
+        return path
+
     def stop(self, proc: Proc, timeout: float = 10.0) -> None:
         if proc not in self._procs:
             return

@@ -1,5 +1,8 @@
 """A fast fake upstream for the load tests: GET /a/{id}, /b/{id}, /c/{id} -> small JSON.
 
+GET /big/{bytes} answers a JSON object of about that many bytes, made of many small
+objects (what makes a parsed body ~10 times its size): the hostile-load job flood.
+
 A raw asyncio.Protocol on uvloop with a minimal HTTP/1.1 parser, so that the
 upstream costs as little CPU as possible on the load core and the numbers
 measure the server under test, not this process. Keep-alive and pipelining
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import json
 import signal
 import typing
@@ -35,10 +39,26 @@ def _response(status: int, body: bytes, keep_alive: bool) -> bytes:
     return head + b"\r\n" + body
 
 
+MAX_BIG = 64 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=4)
+def _big(size: int) -> bytes:
+    item = '{"id":%d,"name":"item-%d","tags":["a","b"],"score":%d.5}'
+    items: list[str] = []
+    total = 12
+    while total < size:
+        items.append(item % (len(items), len(items), len(items) % 97))
+        total += len(items[-1]) + 1
+    return ('{"items":[' + ",".join(items) + "]}").encode()
+
+
 def _route(target: bytes) -> tuple[bytes | None, int, bytes]:
     """-> (source, status, body) for a request target such as b"/a/7?x=1"."""
     path = target.split(b"?", 1)[0]
     parts = path.split(b"/")
+    if len(parts) == 3 and parts[0] == b"" and parts[1] == b"big" and parts[2].isdigit():
+        return b"big", 200, _big(min(int(parts[2]), MAX_BIG))
     if len(parts) == 3 and parts[0] == b"" and parts[1] in _SOURCES and parts[2]:
         source, raw_id = parts[1], parts[2]
         item_id: int | str = int(raw_id) if raw_id.isdigit() else raw_id.decode("latin-1")
