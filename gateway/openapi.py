@@ -47,7 +47,15 @@ _CONVERTERS = Map().converters
 _RESERVED_HEADERS = frozenset({"accept", "content-type", "authorization"})
 _SCALAR = {"type": ["string", "number", "boolean"]}
 _NOT_NULL = {"not": {"type": "null"}}
-_REQUEST_ID = r"^[A-Za-z0-9._:-]{1,128}$"
+_REQUEST_ID = r"^[A-Za-z0-9._:-]{1,128}$"  # as app.request_id; any other value is replaced
+# What the gateway refuses with a 400, as patterns (ECMA 262 and Python alike): CR, LF or
+# NUL anywhere in a value or path; in a path value, a '.' or '..' between slashes.
+_NO_CONTROL = r"(?![\s\S]*[\r\n\x00])"  # no `$` here: Python's matches before a final \n
+_NO_DOT_SEGMENT = r"(?!(?:.*/)?\.\.?(?:/|$))"
+_TEXT_IN_URL = f"^{_NO_CONTROL}"
+_TEXT_IN_PATH = f"^{_NO_CONTROL}{_NO_DOT_SEGMENT}."
+# h11 strips a header value's outer spaces and tabs: ' ..' arrives as '..'.
+_HEADER_IN_PATH = rf"^{_NO_CONTROL}(?!(?:[ \t]*|.*/)\.\.?(?:/|[ \t]*$))(?=.*[^ \t])"
 
 
 def register(gw: Gateway) -> None:
@@ -82,6 +90,7 @@ def document(config: Config, router: Router) -> dict[str, Any]:
         item = paths.setdefault(openapi_path(route), {})
         for method in methods:
             item[method.lower()] = _operation(config, target, route, method)
+        item.setdefault("options", _options_operation(route))
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -89,7 +98,10 @@ def document(config: Config, router: Router) -> dict[str, Any]:
             "version": "",
             "description": (
                 "One request in, concurrent upstream calls out, one timed envelope back. "
-                "Every response is the envelope; errors carry `error`, one readable line."),
+                "Every response is the envelope; errors carry `error`, one readable line. "
+                "A method a path does not list here is a 405 with `Allow` (TRACE always); "
+                "OPTIONS is a 204 with `Allow`. A request target over 8 KiB is a 414, "
+                "headers over 16 KiB a 431, a path holding CR, LF or NUL a 400."),
         },
         "paths": paths,
         "components": _components(),
@@ -104,8 +116,13 @@ def openapi_path(route: str) -> str:
     return _PARAM.sub(lambda m: "{" + m.group(3) + "}", route)
 
 
-def route_schemas(route: str) -> dict[str, dict[str, Any]]:
-    """Each route parameter's JSON schema, from its werkzeug converter and arguments."""
+def route_schemas(route: str, in_path: frozenset[str] = frozenset()
+                  ) -> dict[str, dict[str, Any]]:
+    """Each route parameter's JSON schema, from its werkzeug converter and arguments.
+
+    Text never holds CR, LF or NUL (a 400); a parameter named in `in_path` fills a path
+    placeholder, where a '.' or '..' segment is a 400 too.
+    """
     out = {}
     for m in _PARAM.finditer(route):
         kind, raw_args, name = m.group(1) or "default", m.group(2), m.group(3)
@@ -124,7 +141,8 @@ def route_schemas(route: str) -> dict[str, dict[str, Any]]:
         elif isinstance(converter, AnyConverter):
             schema = {"type": "string", "enum": sorted(converter.items)}
         else:  # string, path, float: the converter's own regex says it exactly
-            schema = {"type": "string", "pattern": f"^(?:{converter.regex})$"}
+            checks = _NO_CONTROL + (_NO_DOT_SEGMENT if name in in_path else "")
+            schema = {"type": "string", "pattern": f"^{checks}(?:{converter.regex})$"}
             if kind == "float":
                 schema["format"] = "decimal"
         out[name] = schema
@@ -138,8 +156,11 @@ def _route_of(target: Target) -> tuple[str, tuple[str, ...]]:
 
 
 def _operation(config: Config, target: Target, route: str, method: str) -> dict[str, Any]:
+    in_path = frozenset(c.ref.name for c in target.checks
+                        if c.ref.source == "param" and c.in_path) if isinstance(
+        target, Plan) else frozenset()
     params = [{"name": name, "in": "path", "required": True, "schema": schema}
-              for name, schema in route_schemas(route).items()]
+              for name, schema in route_schemas(route, in_path).items()]
     op: dict[str, Any] = {
         "operationId": _operation_id(method, route),
         "tags": ["aggregate"],
@@ -172,20 +193,38 @@ def _operation(config: Config, target: Target, route: str, method: str) -> dict[
     return op
 
 
+def _options_operation(route: str) -> dict[str, Any]:
+    """OPTIONS on a path: 204 with `Allow`. (TRACE and any method not listed: 405 with it.)"""
+    allow = {"Allow": {"schema": {"type": "string"},
+                       "description": "the methods this path serves, e.g. GET, HEAD, OPTIONS"}}
+    return {"operationId": _operation_id("options", route), "tags": ["methods"],
+            "summary": "the methods this path serves, in Allow",
+            "parameters": [{"name": name, "in": "path", "required": True, "schema": schema}
+                           for name, schema in route_schemas(route).items()],
+            "responses": {
+                "204": {"description": "the methods this path serves", "headers": allow},
+                "400": _error("the path holds CR, LF or NUL"),
+                "404": _error("no endpoint at this path (a route parameter of the wrong type)"),
+            }}
+
+
 def _operation_id(method: str, route: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "_", openapi_path(route)).strip("_") or "root"
     return f"{method.lower()}_{slug}"
 
 
-def _request_refs(plan: Plan) -> list[tuple[Ref, bool, bool]]:
-    """Every request placeholder with whether it lands in a URL (so must be a scalar) and
-    whether a request without it is a 400 (no default, no `?`, not an optional call's)."""
-    return [(check.ref, check.in_url, check.required) for check in plan.checks]
+# A request placeholder: whether it lands in a URL (so must be a scalar), in a path, and
+# whether a request without it is a 400 (no default, no `?`, not an optional call's).
+Use = tuple[Ref, bool, bool, bool]
 
 
-def _placeholder_params(refs: list[tuple[Ref, bool, bool]]) -> list[dict[str, Any]]:
+def _request_refs(plan: Plan) -> list[Use]:
+    return [(c.ref, c.in_url, c.in_path, c.required) for c in plan.checks]
+
+
+def _placeholder_params(refs: list[Use]) -> list[dict[str, Any]]:
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for ref, _, required in refs:
+    for ref, in_url, in_path, required in refs:
         if ref.source not in ("query", "header"):
             continue
         if ref.source == "header" and ref.name in _RESERVED_HEADERS:
@@ -194,24 +233,41 @@ def _placeholder_params(refs: list[tuple[Ref, bool, bool]]) -> list[dict[str, An
             "name": ref.name, "in": ref.source, "required": False,
             "schema": {"type": "string"}, "description": f"fills {ref.text}"})
         param["required"] = param["required"] or required
+        schema = param["schema"]
+        if in_path:
+            schema["pattern"] = _HEADER_IN_PATH if ref.source == "header" else _TEXT_IN_PATH
+        elif in_url and schema.get("pattern") is None:
+            schema["pattern"] = _TEXT_IN_URL
     return list(out.values())
 
 
-def _body_schema(refs: list[tuple[Ref, bool, bool]]) -> tuple[dict[str, Any], bool] | None:
+def _body_schema(refs: list[Use]) -> tuple[dict[str, Any], bool] | None:
     """An object schema requiring every `{body....}` field a request must have, scalars
     where used in a URL; and whether the body itself is required. `{body}` is any JSON."""
     root: dict[str, Any] = {}
     found = required_body = False
-    for ref, in_url, required in refs:
+    for ref, in_url, in_path, required in refs:
         if ref.source != "body":
             continue
         found = True
         required_body = required_body or required
         if required and ref.name:
-            _require(root, (ref.name, *ref.path), _SCALAR if in_url else _NOT_NULL)
+            leaf: dict[str, Any] = _NOT_NULL
+            if in_url:
+                leaf = {**_SCALAR, "pattern": _TEXT_IN_PATH if in_path else _TEXT_IN_URL}
+            _require(root, (ref.name, *ref.path), leaf)
     if not found:
         return None
     return ({"type": "object", **root} if root else {}), required_body
+
+
+def _stricter(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    """Of two leaf schemas for one field, the one that refuses more (path > URL > any)."""
+    def rank(leaf: dict[str, Any] | None) -> int:
+        if leaf is None or "type" not in leaf:
+            return 0
+        return 2 if leaf.get("pattern") == _TEXT_IN_PATH else 1
+    return dict(a if a is not None and rank(a) >= rank(b) else b)
 
 
 def _require(node: dict[str, Any], path: tuple[str, ...], leaf: dict[str, Any]) -> None:
@@ -223,8 +279,7 @@ def _require(node: dict[str, Any], path: tuple[str, ...], leaf: dict[str, Any]) 
         node["required"].append(key)
     props = node.setdefault("properties", {})
     if not rest:
-        existing = props.get(key)
-        props[key] = dict(_SCALAR if existing == _SCALAR or leaf == _SCALAR else leaf)
+        props[key] = _stricter(props.get(key), leaf)
         return
     child = props.setdefault(key, {})
     if rest[0].isdigit():
@@ -346,7 +401,10 @@ def _components() -> dict[str, Any]:
                          "schema": {"enum": list(STRATEGIES)},
                          "description": "run the calls in parallel or one after another"},
             "RequestId": {"name": "X-Request-ID", "in": "header", "required": False,
-                          "schema": {"type": "string", "pattern": _REQUEST_ID},
-                          "description": "echoed back and forwarded to every upstream call"},
+                          "schema": {"type": "string"},
+                          "description": (
+                              f"echoed back and forwarded to every upstream call if it "
+                              f"matches {_REQUEST_ID}; any other value is not refused "
+                              f"but replaced by a fresh id (32 hex digits)")},
         },
     }

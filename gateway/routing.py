@@ -87,15 +87,21 @@ class Router:
         return self._targets[index], params
 
     def allowed(self, path: str) -> tuple[frozenset[str], Target | None]:
-        """The methods some route serves `path` with (HEAD with GET), and one such target."""
-        methods = frozenset(self._adapter.allowed_methods(path))
-        for method in sorted(methods):
+        """The methods some route serves `path` with (HEAD with GET), and one such target.
+
+        Each method werkzeug names is matched for real: its `allowed_methods` skips the
+        converters, so `/n/100` would count for `<int(max=99):n>`.
+        """
+        methods: set[str] = set()
+        target: Target | None = None
+        for method in sorted(self._adapter.allowed_methods(path)):
             try:
                 index, _ = self._adapter.match(path, method)
-            except (HTTPException, RoutingException):  # pragma: no cover - just allowed
+            except (HTTPException, RoutingException):  # a converter refused the value
                 continue
-            return methods, self._targets[index]
-        return methods, None
+            methods.add(method)
+            target = target or self._targets[index]
+        return frozenset(methods), target
 
 
 def check_route(route: str) -> None:

@@ -155,6 +155,9 @@ def test_allowed_names_every_method_a_path_is_served_with_and_a_target() -> None
     assert target.route == "/orders"
     assert router.allowed("/users/7")[0] == {"GET", "HEAD"}
     assert router.allowed("/users/x") == (frozenset(), None)  # the converter refuses it
+    bounded = Router(plans("/n/<int(min=1, max=99):n>"))
+    assert bounded.allowed("/n/99")[0] == {"GET", "HEAD"}
+    assert bounded.allowed("/n/100") == (frozenset(), None)  # werkzeug alone says GET, HEAD
     assert router.allowed("/nope") == (frozenset(), None)
 
 
