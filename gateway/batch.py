@@ -27,6 +27,7 @@ import orjson
 from .cache import Headers, vary_key
 from .config import Batch
 from .errors import CallError, UpstreamBadReply, UpstreamStatus, UpstreamUnavailable
+from .retry import Tally, counting, current_call
 
 if TYPE_CHECKING:
     from .upstream import Reply
@@ -37,12 +38,13 @@ Send = Callable[[str, Headers], Awaitable["Reply"]]
 class _Open:
     """A batch still taking keys: each key's waiters, in arrival order."""
 
-    __slots__ = ("headers", "timer", "waiters")
+    __slots__ = ("headers", "tally", "timer", "waiters")
 
     def __init__(self, headers: Headers) -> None:
         self.headers = headers
         self.waiters: dict[str, list[asyncio.Future[Reply]]] = {}
         self.timer: asyncio.TimerHandle | None = None
+        self.tally: Tally | None = None  # the batch call's attempts, once it is sent
 
 
 class Batcher:
@@ -72,7 +74,13 @@ class Batcher:
         batch.waiters.setdefault(key, []).append(waiter)
         if len(batch.waiters) >= self.max_size:
             self._flush(group, batch)
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:  # cut off: the attempts made on its behalf still count
+            caller = current_call()
+            if caller is not None and batch.tally is not None:
+                caller.attempts = batch.tally.attempts
+            raise
 
     def _flush(self, group: tuple[tuple[str, str], ...], batch: _Open) -> None:
         if self._open.get(group) is not batch:
@@ -93,7 +101,8 @@ class Batcher:
         if self._observe is not None:
             self._observe(len(keys))
         try:
-            reply = await self._send(url, batch.headers)
+            with counting("a batch call") as batch.tally:  # it serves many: the breaker is told so
+                reply = await self._send(url, batch.headers)
             items = self._index(reply.data)
         except CallError as error:
             for waiters in batch.waiters.values():

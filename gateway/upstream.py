@@ -40,7 +40,7 @@ from .errors import (
 )
 from .metrics import UpstreamMetrics, outcome
 from .reader import BodyReader
-from .retry import Retrier, counting, current_call
+from .retry import Retrier, current_call
 from .tracing import TRACE_HEADERS, trace_headers
 from .transport import AiohttpTransport
 
@@ -183,8 +183,7 @@ class Upstream:
 
     async def _batch_call(self, path_and_query: str, headers: list[tuple[str, str]]) -> Reply:
         """The one upstream call of a batch (never cached: each key set is new)."""
-        with counting("a batch call"):  # it serves many calls: the breaker is told so
-            return await self._measured("GET", path_and_query, headers, None, use_cache=False)
+        return await self._measured("GET", path_and_query, headers, None, use_cache=False)
 
     async def _cached(self, path_and_query: str, headers: list[tuple[str, str]]) -> Reply:
         """A GET through the cache; identical GETs in flight share one upstream call."""

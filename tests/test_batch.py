@@ -184,3 +184,40 @@ async def test_duplicate_keys_get_their_own_copy() -> None:
     assert a.data is not b.data
     assert a.batch == b.batch == 1
     await batcher.close()
+
+
+async def test_a_keyed_call_cut_off_while_its_batch_is_in_flight_counts_the_attempt(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    people = await upstream(People(delay=3.0))
+
+    async def fail_soon(request: Request) -> Response:
+        await asyncio.sleep(0.2)
+        return json_response({"error": "down"}, 500)
+
+    failing = await upstream(fail_soon)
+    cfg = config(people, endpoint("/p/<pid>", keyed("author", "{pid}"),
+                                  {"name": "other", "upstream": "failing", "path": "/x"}),
+                 window_ms=1)
+    cfg["upstreams"]["failing"] = {"url": failing.url}
+    client = await gateway_client(cfg)
+    response = await client.get("/p/1")
+    assert response.status_code == 502
+    author = (await response.get_json())["meta"]["calls"]["author"]
+    assert (author["attempts"], author["ok"]) == (1, False)
+    assert author["error"] == "canceled: required call 'other' failed"
+    assert people.requests == 1
+
+
+async def test_a_failing_batch_call_is_named_in_the_open_breakers_message(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    server = await upstream(People(status=500))
+    client = await gateway_client(config(
+        server, endpoint("/p/<pid>", keyed("author", "{pid}")),
+        breaker={"failures": 1, "reset": 30}))
+    assert (await client.get("/p/1")).status_code == 502
+    response = await client.get("/p/2")
+    assert response.status_code == 503
+    assert (await response.get_json())["error"] == (
+        "circuit breaker of upstream 'people' is open (opened by failures of a batch call)")
