@@ -192,7 +192,7 @@ async def test_a_keyed_call_cut_off_while_its_batch_is_in_flight_counts_the_atte
     people = await upstream(People(delay=3.0))
 
     async def fail_soon(request: Request) -> Response:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # time for the batch call to be sent
         return json_response({"error": "down"}, 500)
 
     failing = await upstream(fail_soon)

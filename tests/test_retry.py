@@ -199,7 +199,9 @@ async def test_a_call_cut_by_the_deadline_counts_its_attempt(
     fast, slow = await upstream(statuses(200)), await upstream(statuses(200, delay=3.0))
     client = await gateway_client(make_config(
         {"fast": fast, "slow": slow},
-        endpoint("/x", call("fast", "fast", "/"), call("slow", "slow", "/")), deadline=0.3))
+        endpoint("/x", call("fast", "fast", "/"), call("slow", "slow", "/")),
+        endpoint("/warm", call("fast", "fast", "/")), deadline=0.5))
+    assert (await client.get("/warm")).status_code == 200  # a first request can be slow
     response = await client.get("/x")
     assert response.status_code == 504
     calls = (await response.get_json())["meta"]["calls"]
@@ -212,7 +214,7 @@ async def test_a_call_cut_by_the_deadline_counts_its_attempt(
 async def test_a_call_cut_by_a_failed_sibling_counts_every_attempt_it_started(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
-    failing = await upstream(statuses(500, delay=0.4))
+    failing = await upstream(statuses(500, delay=0.8))  # time for the others to be sent
     hung = await upstream(statuses(200, delay=3.0))
     seen = 0
 
@@ -243,7 +245,7 @@ async def test_a_call_cut_by_a_failed_sibling_counts_every_attempt_it_started(
 async def test_a_code_view_call_cut_off_counts_its_attempt(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
-    failing = await upstream(statuses(500, delay=0.1))
+    failing = await upstream(statuses(500, delay=0.4))
     hung = await upstream(statuses(200, delay=3.0))
     gw = Gateway(make_config({"failing": failing, "hung": hung}))
 
