@@ -23,7 +23,7 @@ from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing.exceptions import WebsocketMismatch
 
-from . import dashboard, envelope, guard, health, jobs, methods, openapi, reload, stream
+from . import dashboard, envelope, guard, health, jobs, logs, methods, openapi, reload, stream
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .engine import OnCall, execute
@@ -209,6 +209,7 @@ class Gateway:
 
         @app.before_serving
         async def start() -> None:
+            logs.install(self.config.gateway.log_format)  # served: one log format, escaped
             runtime = Runtime(self.config)
             await runtime.start()
             self.runtime = runtime

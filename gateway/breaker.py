@@ -19,6 +19,7 @@ opened it (`opened_by`, at most `MAX_CULPRITS` names) and says so in `CircuitOpe
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ from .errors import CallError, CircuitOpen, UpstreamStatus
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
+log = logging.getLogger("gateway.breaker")
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the gauge's numbers
 
 # While a trial is in flight, callers are told to come back soon (Retry-After: 1).
@@ -132,6 +134,14 @@ class CircuitBreaker:
 
     def _set(self, state: str) -> None:
         if state != self._state:
+            if state == OPEN:
+                why = ("its trial call failed" if self._state == HALF_OPEN
+                       else f"{self.threshold} failures in a row")
+                log.warning("circuit breaker of upstream %r opened (%s); calls fail fast for "
+                            "%.1f s", self.upstream, why, self.reset)
+            else:
+                log.info("circuit breaker of upstream %r is %s", self.upstream,
+                         state.replace("_", "-"))
             self._state = state
             if self._on_change is not None:
                 self._on_change(state)

@@ -25,6 +25,7 @@ from .hooks import hook_folder, hook_problem
 from .template import BodyTemplate, Ref, TemplateSyntaxError, parse_refs, usage_problem
 
 STRATEGIES = ("parallel", "sequential")
+LOG_FORMATS = ("text", "json")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 RESERVED_PREFIXES = ("/healthz", "/readyz", "/metrics", "/jobs", "/ws", "/_gateway")
 HOP_BY_HOP = frozenset(
@@ -114,6 +115,7 @@ class GatewaySettings:
     cors_origins: tuple[str, ...] = ()
     dashboard: bool = True
     max_buffered_bytes: int = 256 * 1024 * 1024  # all calls in flight together (budget.py)
+    log_format: str = "text"  # "json": one object per line (logs.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +304,7 @@ def _gateway(c: _Checker, raw: dict[str, Any]) -> GatewaySettings:
     d = GatewaySettings()
     c.unknown(raw, p, {"strategy", "timeout", "deadline", "max_request_bytes",
                        "max_upstream_bytes", "max_buffered_bytes", "cors_origins",
-                       "dashboard"})
+                       "dashboard", "log_format"})
     origins = c.strings(raw, p, "cors_origins") or ()
     for i, origin in enumerate(origins):
         if origin != "*" and not _is_origin(origin):
@@ -316,6 +318,7 @@ def _gateway(c: _Checker, raw: dict[str, Any]) -> GatewaySettings:
         max_buffered_bytes=c.integer(raw, p, "max_buffered_bytes", d.max_buffered_bytes),
         cors_origins=origins,
         dashboard=c.boolean(raw, p, "dashboard", d.dashboard),
+        log_format=c.string(raw, p, "log_format", d.log_format, _one_of(LOG_FORMATS)),
     )
 
 

@@ -5,8 +5,8 @@ refused with the same `key.path: reason` lines and the running config stays. A v
 takes over at one instant: the `Router` (immutable) is swapped whole, so a request in
 flight finishes on the plan it matched. Unchanged upstreams keep their client, breaker
 and cache; new or changed ones get new ones, and the ones they replace are closed once
-their calls in flight are done. `[jobs]`, `gateway.dashboard` and switching CORS on or
-off need a restart: a reload keeps their running values and says so.
+their calls in flight are done. `[jobs]`, `gateway.dashboard`, `gateway.log_format` and
+switching CORS on or off need a restart: a reload keeps their running values and says so.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Reloader:
         except (ConfigError, ValueError) as exc:
             problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
             log.error("config reload refused: %s is invalid; still serving the previous "
-                      "config:\n%s", source, "\n".join(f"  {p}" for p in problems))
+                      "config: %s", source, "; ".join(problems))
             if runtime is not None:
                 runtime.metrics.reloads.labels("refused").inc()
             return False
@@ -83,8 +83,8 @@ class Reloader:
         if kept:
             log.warning("config reloaded from %s, but %s need a restart to change",
                         source, ", ".join(kept))
-        log.info("config reloaded from %s: %d upstreams, %d endpoints", source,
-                 len(config.upstreams), len(plans))
+        log.info("config reloaded from %s: %d endpoints, %d upstreams", source,
+                 len(plans), len(config.upstreams))
         return True
 
     def trigger(self) -> None:
@@ -161,6 +161,9 @@ def _keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
     if settings.dashboard != old.gateway.dashboard:
         kept.append("gateway.dashboard")
         settings = replace(settings, dashboard=old.gateway.dashboard)
+    if settings.log_format != old.gateway.log_format:
+        kept.append("gateway.log_format")
+        settings = replace(settings, log_format=old.gateway.log_format)
     if bool(settings.cors_origins) != bool(old.gateway.cors_origins):
         kept.append("gateway.cors_origins (on/off)")
         settings = replace(settings, cors_origins=old.gateway.cors_origins)

@@ -1,30 +1,81 @@
-"""`gateway serve`'s process model: SIGHUP reloads the config, it never restarts workers.
+"""`gateway serve`'s process model: one process, or a small master over N workers.
 
-Hypercorn's own master answers SIGHUP by restarting every worker; with a broken config
-the new workers cannot start and the whole server stops. So here:
+- `--workers 1`: the worker runs in this process, no master (serving.py). SIGHUP reaches
+  the app, which reloads in place (reload.py); SIGTERM/SIGINT stop it gracefully. If it
+  dies, the server is gone: that is for a process manager (systemd, a container) to see.
+- `--workers N`: this master binds the sockets and starts N worker processes that share
+  them. A worker that dies (exit code or signal, `kill -9` included) is logged and
+  replaced; one that keeps dying young is replaced after a growing delay (`Backoff`), so
+  a crash loop cannot spin the machine. The others serve on meanwhile. SIGHUP is
+  forwarded to each worker (each reloads its config; Hypercorn's own master would restart
+  them all instead, and stop for good if the new config is broken). SIGINT/SIGTERM set
+  the shutdown event the workers watch: they stop gracefully and are not replaced.
 
-- one worker runs in this process, no master: SIGHUP reaches the app, which reloads in
-  place (reload.py) and keeps its config if the new one is invalid;
-- several workers run under this small master, which forwards SIGHUP to each of them,
-  stops them all on SIGINT/SIGTERM (gracefully, as Hypercorn's does), replaces a worker
-  that exits cleanly (`max_requests`) and stops everything if one crashes. It also sets
-  `PROMETHEUS_MULTIPROC_DIR` to a fresh directory (unless already set) so that `/metrics`,
-  in whichever worker answers, adds up every worker's values; it is removed at exit.
+The master also sets `PROMETHEUS_MULTIPROC_DIR` to a fresh directory (unless already set)
+so that `/metrics`, in whichever worker answers, adds up every worker's values; it is
+removed at exit, and a dead worker's live gauges are dropped from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import wait
+from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from typing import Any
 
+from . import logs
+from .serving import run_worker
+
+log = logging.getLogger("gateway.supervisor")
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RESTART_FIRST = 0.5  # seconds before replacing a worker that died young
+RESTART_MAX = 30.0  # the delay doubles per young death up to this
+STABLE_AFTER = 30.0  # a worker that lived this long resets the delay
+
+
+@dataclass(slots=True)
+class Backoff:
+    """How long to wait before replacing a dead worker: doubles while workers die young."""
+
+    first: float = RESTART_FIRST
+    ceiling: float = RESTART_MAX
+    stable: float = STABLE_AFTER
+    _next: float = field(default=RESTART_FIRST, init=False)
+
+    def __post_init__(self) -> None:
+        self._next = self.first
+
+    def delay(self, lived: float) -> float:
+        """The wait before replacing a worker that died after `lived` seconds."""
+        if lived >= self.stable:
+            self._next = self.first
+        delay = self._next
+        self._next = min(delay * 2, self.ceiling)
+        return delay
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """`exit code 3` or `signal SIGKILL`, from a `Process.exitcode`."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
 
 
 def serve(config: Any) -> int:
@@ -33,76 +84,155 @@ def serve(config: Any) -> int:
 
     if sys.platform == "win32" or config.worker_class == "trio":  # pragma: no cover
         return run(config)
+    logs.install(_log_format())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's own handler is in place
     if config.workers <= 1:
-        config.workers = 0  # Hypercorn then runs the worker in this process
-        return run(config)
-    return _supervise(config)
+        return _single(config)
+    return _Master(config).run()
 
 
-def _supervise(config: Any) -> int:
-    from hypercorn.asyncio.run import asyncio_worker, uvloop_worker
+def _single(config: Any) -> int:
     from hypercorn.utils import write_pid_file
 
-    worker = uvloop_worker if config.worker_class == "uvloop" else asyncio_worker
-    own_dir = None
-    if MULTIPROC_ENV not in os.environ:
-        own_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-        os.environ[MULTIPROC_ENV] = own_dir  # set before any worker (or import) reads it
     if config.pid_path is not None:
         write_pid_file(config.pid_path)
     sockets = config.create_sockets()
-    ctx = get_context("spawn")
-    stop = ctx.Event()
-    processes: list[BaseProcess] = []
+    try:
+        run_worker(config, sockets)
+    finally:
+        _close(sockets)
+    return 0
 
-    def spawn() -> None:
-        process = ctx.Process(target=worker, kwargs={"config": config, "sockets": sockets,
-                                                     "shutdown_event": stop})
-        process.daemon = config.daemon
-        process.start()
-        processes.append(process)
 
-    def on_stop(*_: Any) -> None:
-        stop.set()
+class _Master:
+    """Starts, watches and replaces the workers; owns the sockets and the signal wake-up."""
 
-    def on_hup(*_: Any) -> None:
-        for process in processes:
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.ctx: SpawnContext = get_context("spawn")
+        self.stop: Event = self.ctx.Event()
+        self.backoff = Backoff()
+        self.workers: dict[BaseProcess, float] = {}  # process -> when it started (monotonic)
+        self.due: list[float] = []  # when each pending replacement may start
+        self.sockets: Any = None
+        self.stopped_by = ""  # the signal that began the stop, until the loop logs it
+
+    def run(self) -> int:
+        from hypercorn.utils import write_pid_file
+
+        own_dir = None
+        if MULTIPROC_ENV not in os.environ:
+            own_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+            os.environ[MULTIPROC_ENV] = own_dir  # set before any worker (or import) reads it
+        if self.config.pid_path is not None:
+            write_pid_file(self.config.pid_path)
+        self.sockets = self.config.create_sockets()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)  # a signal also ends the wait() below
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for _ in range(self.config.workers):
+                self._spawn()
+            signal.signal(signal.SIGINT, self._on_stop)
+            signal.signal(signal.SIGTERM, self._on_stop)
+            signal.signal(signal.SIGHUP, self._on_hup)
+            self._loop(wake_r)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for process in self.workers:
+                process.terminate()
+                process.join()
+            _close(self.sockets)
+            os.close(wake_r)
+            os.close(wake_w)
+            if own_dir is not None:
+                shutil.rmtree(own_dir, ignore_errors=True)
+        return 0
+
+    def _loop(self, wake: int) -> None:
+        while self.workers or (self.due and not self.stop.is_set()):
+            timeout = None
+            if self.due and not self.stop.is_set():
+                timeout = max(0.0, min(self.due) - time.monotonic())
+            wait([*(p.sentinel for p in self.workers), wake], timeout)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake, 512):
+                    pass
+            if self.stopped_by:
+                log.info("%s: stopping %d workers gracefully", self.stopped_by,
+                         len(self.workers))
+                self.stopped_by = ""
+            for process in [p for p in self.workers if p.exitcode is not None]:
+                self._reap(process)
+            now = time.monotonic()
+            while not self.stop.is_set() and self.due and min(self.due) <= now:
+                self.due.remove(min(self.due))
+                self._spawn()
+
+    def _reap(self, process: BaseProcess) -> None:
+        lived = time.monotonic() - self.workers.pop(process)
+        process.join()
+        _forget(process)
+        how = describe_exit(process.exitcode)
+        if self.stop.is_set():
+            if process.exitcode:
+                log.warning("worker %s stopped with %s", process.pid, how)
+            return
+        if process.exitcode == 0:  # a clean exit (max_requests, or SIGTERM to it alone)
+            log.info("worker %s exited (%s) after %.1f s; starting a replacement",
+                     process.pid, how, lived)
+            self.due.append(time.monotonic())
+            return
+        delay = self.backoff.delay(lived)
+        log.error("worker %s died (%s) after %.1f s; restarting it in %.1f s",
+                  process.pid, how, lived, delay)
+        self.due.append(time.monotonic() + delay)
+
+    def _spawn(self) -> None:
+        process = self.ctx.Process(target=run_worker, kwargs={
+            "config": self.config, "sockets": self.sockets, "shutdown_event": self.stop})
+        process.daemon = self.config.daemon
+        # The worker inherits "ignore" for these (an exec keeps ignored signals ignored, not
+        # handlers): SIGINT is the master's to act on, SIGHUP the app's once it is up.
+        saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
+        try:
+            process.start()
+        finally:
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
+        self.workers[process] = time.monotonic()
+        log.info("worker %s started", process.pid)
+
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        if not self.stop.is_set():  # logged by the loop: a handler should not take log locks
+            self.stopped_by = signal.Signals(signum).name
+        self.stop.set()
+
+    def _on_hup(self, *_: Any) -> None:
+        for process in self.workers:
             if process.pid is not None and process.exitcode is None:
                 os.kill(process.pid, signal.SIGHUP)
 
-    # Workers inherit "ignore SIGINT": a Ctrl-C in the terminal reaches the whole process
-    # group, and only the master decides how the workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exitcode = 0
+
+def _log_format() -> str:
+    """The served config's `gateway.log_format`, so the master's lines match the workers'."""
+    from .config import load_config
+    from .errors import ConfigError
+
+    path = os.environ.get("GATEWAY_CONFIG")
+    if not path:
+        return "text"
     try:
-        for _ in range(config.workers):
-            spawn()
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
-        while processes:
-            wait([p.sentinel for p in processes])
-            for process in [p for p in processes if p.exitcode is not None]:
-                processes.remove(process)
-                process.join()
-                _forget(process)
-                if process.exitcode and not exitcode:
-                    exitcode = process.exitcode
-            if exitcode or stop.is_set():
-                stop.set()
-            else:  # a clean exit (max_requests): keep the worker count
-                while len(processes) < config.workers:
-                    spawn()
-    finally:
-        for process in processes:
-            process.terminate()
-            process.join()
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            sock.close()
-        if own_dir is not None:
-            shutil.rmtree(own_dir, ignore_errors=True)
-    return exitcode
+        return load_config(path).gateway.log_format
+    except ConfigError:
+        return "text"  # the workers will say what is wrong
+
+
+def _close(sockets: Any) -> None:
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.close()
 
 
 def _forget(process: BaseProcess) -> None:

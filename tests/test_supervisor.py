@@ -1,0 +1,166 @@
+"""`gateway serve --workers N`: a worker that dies is logged and replaced; signals stop all.
+
+The backoff is a pure value; the rest runs a real `gateway serve --workers 2` and kills a
+real worker with SIGKILL while a client keeps sending requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support import HypercornFactory, LiveServer, make_config
+
+from gateway.supervisor import Backoff, describe_exit
+
+WORKERS_2 = [sys.executable, "-m", "gateway", "serve", "--config", "{config}",
+             "--bind", "127.0.0.1:{port}", "--workers", "2"]
+REPLACED_WITHIN = 10.0  # seconds (issue 11's target)
+
+
+def test_backoff_doubles_while_workers_die_young_and_resets_after_a_stable_one() -> None:
+    backoff = Backoff(first=0.5, ceiling=4.0, stable=30.0)
+    assert [backoff.delay(lived=1.0) for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert backoff.delay(lived=31.0) == 0.5
+    assert backoff.delay(lived=0.1) == 1.0
+
+
+def test_exit_is_described_by_code_or_signal_name() -> None:
+    assert describe_exit(-signal.SIGKILL) == "signal SIGKILL"
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(0) == "exit code 0"
+
+
+def worker_pids(master: int) -> set[int]:
+    """The master's worker processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    pids = set()
+    for child in map(int, children):
+        with contextlib.suppress(FileNotFoundError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.add(child)
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def serving_pids(output: str) -> set[int]:
+    return {int(pid) for pid in re.findall(r"\[(\d+)\] \[INFO\] Running on http", output)}
+
+
+async def eventually(condition: object, what: str, server: LiveServer,
+                     within: float = 20.0) -> None:
+    give_up = time.monotonic() + within
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > give_up:
+            pytest.fail(f"{what} did not happen within {within} s:\n{server.output()}")
+        await asyncio.sleep(0.05)
+
+
+async def two_workers(hypercorn_server: HypercornFactory) -> tuple[LiveServer, set[int]]:
+    server = await hypercorn_server(make_config({}), command=WORKERS_2)
+    await eventually(lambda: len(serving_pids(server.output())) == 2, "two workers", server)
+    pids = worker_pids(server.process.pid)
+    assert pids == serving_pids(server.output())
+    return server, pids
+
+
+async def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
+    hypercorn_server: HypercornFactory,
+) -> None:
+    server, pids = await two_workers(hypercorn_server)
+    victim, survivor = sorted(pids)
+    results: list[tuple[float, bool]] = []  # (when sent, answered 200)
+    done = asyncio.Event()
+
+    async def client() -> None:
+        # A fresh connection per request: the kernel hands each to whichever worker accepts.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(trust_env=False, timeout=5, limits=limits) as http:
+            while not done.is_set():
+                sent = time.monotonic()
+                try:
+                    ok = (await http.get(server.url + "/healthz")).status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                results.append((sent, ok))
+                await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(client())
+    try:
+        await asyncio.sleep(0.5)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> bool:
+            output = server.output()
+            new = serving_pids(output) - pids
+            return bool(new) and any(f"[{pid}] [INFO] 127.0.0.1:" in output for pid in new)
+
+        await eventually(replaced, "a replacement serving", server, within=REPLACED_WITHIN)
+        replaced_after = time.monotonic() - killed_at
+        await asyncio.sleep(0.5)
+    finally:
+        done.set()
+        await task
+    output = server.output()
+    assert f"worker {victim} died (signal SIGKILL)" in output, output
+    assert re.search(rf"worker {victim} died \(signal SIGKILL\) after [\d.]+ s; restarting "
+                     r"it in 0\.5 s", output), output
+    (replacement,) = serving_pids(output) - pids
+    assert f"worker {replacement} started" in output
+    assert worker_pids(server.process.pid) == {survivor, replacement}
+    assert not alive(victim)
+    # Only a request the victim had accepted when it died may fail (one at a time here).
+    failed = [sent for sent, ok in results if not ok]
+    assert len(failed) <= 1, (failed, killed_at)
+    assert all(killed_at - 1.0 <= sent <= killed_at + 1.0 for sent in failed)
+    after = [ok for sent, ok in results if sent > killed_at + 1.0]
+    assert after
+    assert all(after)
+    assert f"[{survivor}] [INFO] 127.0.0.1:" in output.split("died (signal SIGKILL)")[1]
+    assert server.process.returncode is None
+    print(f"replacement serving {replaced_after:.1f} s after the kill; "
+          f"{len(results)} requests, {len(failed)} failed")
+
+
+async def test_sigterm_stops_one_worker_alone_or_the_master_and_every_worker(
+    hypercorn_server: HypercornFactory,
+) -> None:
+    server, pids = await two_workers(hypercorn_server)
+    victim = min(pids)
+    os.kill(victim, signal.SIGTERM)  # it stops gracefully, exit code 0: replaced, no backoff
+    await eventually(lambda: len(serving_pids(server.output()) - pids) == 1,
+                     "the replacement", server, within=REPLACED_WITHIN)
+    assert re.search(rf"worker {victim} exited \(exit code 0\) after [\d.]+ s; starting a "
+                     "replacement", server.output()), server.output()
+    pids = worker_pids(server.process.pid)
+    assert len(pids) == 2
+    assert victim not in pids
+
+    started = time.monotonic()
+    os.kill(server.process.pid, signal.SIGTERM)  # the master only, not its process group
+    assert await asyncio.wait_for(server.process.wait(), 10) == 0
+    took = time.monotonic() - started
+    await eventually(lambda: not any(alive(pid) for pid in pids), "the workers' exit", server,
+                     within=2.0)
+    output = server.output()
+    assert "SIGTERM: stopping 2 workers gracefully" in output
+    assert "died" not in output
+    assert "Traceback" not in output
+    assert took < 10.0
+    print(f"stopped in {took:.1f} s")
