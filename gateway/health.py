@@ -18,6 +18,7 @@ from .breaker import OPEN
 from .config import Config
 from .envelope import dumps
 from .jobs import publish_counts
+from .logs import ROUTE_SCOPE_KEY
 from .metrics import CONTENT_TYPE, UNMATCHED
 
 if TYPE_CHECKING:
@@ -80,8 +81,10 @@ def register(gw: Gateway) -> None:
     async def observe(response: Response) -> Response:
         runtime = gw.runtime
         began = g.get("gateway_started")
+        endpoint = _endpoint()
+        request.scope[ROUTE_SCOPE_KEY] = endpoint  # type: ignore[literal-required]  # logs.py
         if runtime is not None and began is not None:
-            runtime.metrics.request(_endpoint(), _method(), response.status_code,
+            runtime.metrics.request(endpoint, _method(), response.status_code,
                                     time.perf_counter() - began)
         return response
 

@@ -15,7 +15,9 @@ them (it creates those after the app is imported, from `accesslog`/`errorlog`, s
 are adopted when the first record passes rather than replaced).
 
 `gateway.log_format` picks the rendering: "text" is Hypercorn's own line shape
-(`[time] [pid] [LEVEL] message`); "json" is one JSON object per line (`_json_fields`).
+(`[time] [pid] [LEVEL] message`); "json" is one JSON object per line (`_json_fields`),
+whose access lines carry the matched `route` when Hypercorn's `logger_class` is
+`AccessLogger` (`gateway serve` sets it; a TOML file cannot name a class).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from hypercorn.logging import Logger as HypercornLogger
+
 from .config import LOG_FORMATS
 
 HYPERCORN_LOGGERS = ("hypercorn.access", "hypercorn.error")
+ROUTE_SCOPE_KEY = "gateway.route"  # the app leaves the matched route template here
 _TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 _TEXT_DATEFMT = "[%Y-%m-%d %H:%M:%S %z]"  # as Hypercorn's own lines
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
@@ -133,6 +138,17 @@ def _access_fields(atoms: Mapping[str, Any]) -> dict[str, Any]:
         "user_agent": atom("a"),
         "bytes": atom("b"),
     }
+
+
+class AccessLogger(HypercornLogger):
+    """Hypercorn's `logger_class` under `gateway serve`: the access atoms add `route`."""
+
+    def atoms(self, request: Any, response: Any, request_time: float) -> Mapping[str, str]:
+        atoms = super().atoms(request, response, request_time)
+        route = request.get(ROUTE_SCOPE_KEY)
+        if route is not None and isinstance(atoms, dict):
+            atoms["route"] = route
+        return atoms
 
 
 class _Adopt(logging.Filter):

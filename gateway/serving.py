@@ -65,8 +65,13 @@ class CloseWhenDraining:
 def run_worker(config: Any, sockets: Any = None, shutdown_event: Event | None = None) -> None:
     """A worker process's target (and the whole server with one worker): serve until stopped."""
     from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.logging import Logger as HypercornLogger
     from hypercorn.utils import load_application
 
+    from .logs import AccessLogger
+
+    if config.logger_class is HypercornLogger:
+        config.logger_class = AccessLogger  # the access log's json lines name the route
     loaded = load_application(config.application_path, config.wsgi_max_body_size)
     drain = Drain()
     inner: ASGIApp = loaded.app  # type: ignore[attr-defined]  # an ASGIWrapper's app

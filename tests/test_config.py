@@ -321,6 +321,8 @@ def test_upstreams_that_is_not_a_table_is_reported_once() -> None:
         ({"gateway": {"max_request_bytes": 0}}, "gateway.max_request_bytes: must be >= 1"),
         ({"gateway": {"strategy": "fast"}},
          "gateway.strategy: must be one of parallel, sequential, not 'fast'"),
+        ({"gateway": {"log_format": "yaml"}},
+         "gateway.log_format: must be one of text, json, not 'yaml'"),
         ({"gateway": {"cors_origins": ["localhost:5173"]}},
          "gateway.cors_origins[0]: 'localhost:5173' is not an origin like http://host:port"),
         ({"jobs": {"store": "mysql://db"}},

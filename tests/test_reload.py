@@ -136,6 +136,23 @@ async def test_settings_that_need_a_restart_keep_their_running_values(
     assert (gw.config.jobs.max_running, gw.config.gateway.dashboard) == (4, True)
 
 
+async def test_the_log_format_needs_a_restart(
+    tmp_path: Path, upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await upstream(reply({}))
+    config = make_config({"a": a}, endpoint("/r", call("c", "a", "/x")))
+    path = to_toml(config, tmp_path / "gateway.toml")
+    gw = Gateway(path)
+    await gateway_client(gw)
+    to_toml({**config, "gateway": {"log_format": "json", "deadline": 4.0}}, path)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        assert await reloader_of(gw).reload() is True
+    assert "gateway.log_format need a restart" in caplog.text
+    assert f"config reloaded from {path}: 1 endpoints, 1 upstreams" in caplog.text
+    assert (gw.config.gateway.log_format, gw.config.gateway.deadline) == ("text", 4.0)
+
+
 async def test_the_watch_reloads_when_the_file_changes(
     tmp_path: Path, upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
     monkeypatch: pytest.MonkeyPatch
