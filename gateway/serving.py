@@ -70,7 +70,7 @@ def run_worker(config: Any, sockets: Any = None, shutdown_event: Event | None = 
 
     from .logs import AccessLogger
 
-    if config.logger_class is HypercornLogger:
+    if config.logger_class is HypercornLogger and config.statsd_host is None:
         config.logger_class = AccessLogger  # the access log's json lines name the route
     loaded = load_application(config.application_path, config.wsgi_max_body_size)
     drain = Drain()
