@@ -183,10 +183,9 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     if args.watch:
         os.environ[WATCH_ENV] = "1"
-    print(f"gateway serve: {args.config}, Hypercorn settings from {_shown(settings)}: "
-          f"bind {', '.join(config.bind)}, workers {max(config.workers, 1)}",
-          file=sys.stderr, flush=True)
-    return serve(config)  # SIGHUP reloads the config (supervisor.py)
+    return serve(config, f"gateway serve: {args.config}, Hypercorn settings from "  # logged
+                 f"{_shown(settings)}: bind {', '.join(config.bind)}, "
+                 f"workers {max(config.workers, 1)}")  # SIGHUP reloads the config
 
 
 def _shown(path: Path) -> str:

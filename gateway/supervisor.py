@@ -78,13 +78,18 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def serve(config: Any) -> int:
-    """Run the app named by `config.application_path` under Hypercorn; the exit code."""
+def serve(config: Any, announce: str = "") -> int:
+    """Run the app named by `config.application_path` under Hypercorn; the exit code.
+
+    `announce` is logged first, once this process logs in the served config's format.
+    """
     from hypercorn.run import run
 
+    logs.install(_log_format())
+    if announce:
+        log.info("%s", announce)
     if sys.platform == "win32" or config.worker_class == "trio":  # pragma: no cover
         return run(config)
-    logs.install(_log_format())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's own handler is in place
     if config.workers <= 1:
         return _single(config)

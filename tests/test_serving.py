@@ -16,6 +16,8 @@ from support import HypercornFactory, UpstreamFactory, call, endpoint, make_conf
 
 from gateway.serving import CloseWhenDraining, Drain, Message, Scope
 
+CONFIG = make_config({"up": "http://127.0.0.1:1"}, endpoint("/r", call("c", "up")))
+
 
 async def until(condition: Callable[[], bool]) -> None:
     for _ in range(500):
@@ -84,7 +86,7 @@ async def test_only_http1_responses_started_while_draining_get_connection_close(
 async def test_the_listen_backlog_is_the_one_in_hypercorn_toml(
     hypercorn_server: HypercornFactory
 ) -> None:
-    server = await hypercorn_server(make_config({}))
+    server = await hypercorn_server(CONFIG)
     ss = await asyncio.create_subprocess_exec(
         "ss", "-ltnH", f"sport = :{server.port}", stdout=asyncio.subprocess.PIPE)
     listing = (await ss.communicate())[0].decode().split()

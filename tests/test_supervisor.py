@@ -17,13 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import HypercornFactory, LiveServer, make_config
+from support import HypercornFactory, LiveServer, call, endpoint, make_config
 
 from gateway.supervisor import Backoff, describe_exit
 
 WORKERS_2 = [sys.executable, "-m", "gateway", "serve", "--config", "{config}",
              "--bind", "127.0.0.1:{port}", "--workers", "2"]
 REPLACED_WITHIN = 10.0  # seconds (issue 11's target)
+CONFIG = make_config({"up": "http://127.0.0.1:1"}, endpoint("/r", call("c", "up")))
 
 
 def test_backoff_doubles_while_workers_die_young_and_resets_after_a_stable_one() -> None:
@@ -72,7 +73,7 @@ async def eventually(condition: object, what: str, server: LiveServer,
 
 
 async def two_workers(hypercorn_server: HypercornFactory) -> tuple[LiveServer, set[int]]:
-    server = await hypercorn_server(make_config({}), command=WORKERS_2)
+    server = await hypercorn_server(CONFIG, command=WORKERS_2)
     await eventually(lambda: len(serving_pids(server.output())) == 2, "two workers", server)
     pids = worker_pids(server.process.pid)
     assert pids == serving_pids(server.output())
