@@ -137,6 +137,8 @@ class CircuitBreaker:
             if state == OPEN:
                 why = ("its trial call failed" if self._state == HALF_OPEN
                        else f"{self.threshold} failures in a row")
+                if self.opened_by:
+                    why += f": {', '.join(self.opened_by)}"
                 log.warning("circuit breaker of upstream %r opened (%s); calls fail fast for "
                             "%.1f s", self.upstream, why, self.reset)
             else:

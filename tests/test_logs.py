@@ -238,10 +238,11 @@ async def test_reloads_refusals_hook_failures_and_breakers_are_logged_with_time_
     output = server.output()
     expected = [
         "[ERROR] combine hook failed (request id ",
-        "[WARNING] circuit breaker of upstream 'down' opened (1 failures in a row); calls "
-        "fail fast for 0.3 s",
+        "[WARNING] circuit breaker of upstream 'down' opened (1 failures in a row: call 'd' "
+        "of GET /down); calls fail fast for 0.3 s",
         "[INFO] circuit breaker of upstream 'down' is half-open",
-        "[WARNING] circuit breaker of upstream 'down' opened (its trial call failed)",
+        "[WARNING] circuit breaker of upstream 'down' opened (its trial call failed: call 'd' "
+        "of GET /down)",
         f"[ERROR] config reload refused: {path} is invalid; still serving the previous "
         "config: endpoints[0].calls[0].upstream: unknown upstream 'nowhere'",
         f"[INFO] config reloaded from {path}: 2 endpoints, 2 upstreams",
@@ -276,8 +277,8 @@ async def test_a_closing_breaker_is_logged(
         assert (await client.get("/r")).status_code == 200
     messages = [r.getMessage() for r in caplog.records if r.name == "gateway.breaker"]
     assert messages == [
-        "circuit breaker of upstream 'up' opened (1 failures in a row); calls fail fast for "
-        "0.1 s",
+        "circuit breaker of upstream 'up' opened (1 failures in a row: call 'c' of GET /r); "
+        "calls fail fast for 0.1 s",
         "circuit breaker of upstream 'up' is half-open",
         "circuit breaker of upstream 'up' is closed",
     ]
