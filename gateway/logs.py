@@ -40,6 +40,8 @@ _TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 _TEXT_DATEFMT = "[%Y-%m-%d %H:%M:%S %z]"  # as Hypercorn's own lines
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\\\]")
 _NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}
+# The house convention for a line about one request: "... (request id <id>)".
+_REQUEST_ID = re.compile(r"\(request id ([A-Za-z0-9._:-]{1,128})\)")
 
 
 def escape(text: str) -> str:
@@ -107,7 +109,7 @@ def _json_fields(record: logging.LogRecord, message: str, stamp: time.struct_tim
         "msg": message,
         "logger": record.name,
         "pid": record.process,
-        "request_id": getattr(record, "request_id", None),
+        "request_id": getattr(record, "request_id", None) or _request_id_in(message),
     }
     trace_id = getattr(record, "trace_id", None)
     if trace_id is not None:
@@ -149,6 +151,11 @@ class AccessLogger(HypercornLogger):
         if route is not None and isinstance(atoms, dict):
             atoms["route"] = route
         return atoms
+
+
+def _request_id_in(message: str) -> str | None:
+    found = _REQUEST_ID.search(message)
+    return found.group(1) if found else None
 
 
 class _Adopt(logging.Filter):

@@ -99,6 +99,12 @@ def test_json_record_is_one_object_with_the_spec_keys() -> None:
     assert "ValueError: bad\nvalue\r\x00" in fields["exc_info"]
 
 
+def test_json_request_id_comes_from_the_record_or_the_message_convention() -> None:
+    line = Formatter("json").format(record("combine hook failed (request id %s)", "r-9"))
+    assert json.loads(line)["request_id"] == "r-9"
+    assert json.loads(Formatter("json").format(record("no request")))["request_id"] is None
+
+
 def test_json_access_line_names_the_request() -> None:
     atoms = {"h": "127.0.0.1:5000", "m": "GET", "U": "/a\nb", "q": "x=1", "s": "200",
              "D": 1500, "{x-request-id}o": "abc", "a": "curl", "b": "12", "route": "-"}
