@@ -46,6 +46,9 @@ class FloodResult:
     duration: float = 0.0
     figures: dict[str, str] = field(default_factory=dict)  # name -> value, flood-specific
     checks: list[tuple[str, bool]] = field(default_factory=list)  # (target, met)
+    # Percentiles a flood measured itself (q -> ms), when it reports no `healthz_ms` list.
+    reported: dict[float, float] = field(default_factory=dict)
+    healthz_answered: int | None = None
 
     @property
     def peak_growth_mib(self) -> float:
@@ -57,7 +60,7 @@ class FloodResult:
 
     def percentile(self, q: float) -> float | None:
         if not self.healthz_ms:
-            return None
+            return self.reported.get(q)
         ordered = sorted(self.healthz_ms)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -75,7 +78,8 @@ class FloodResult:
     def render(self) -> str:
         p50, p99 = self.percentile(0.5), self.percentile(0.99)
         lat = "no answer" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-        lat += f" ({len(self.healthz_ms)} answered, {self.healthz_errors} failed)"
+        answered = len(self.healthz_ms) if self.healthz_answered is None else self.healthz_answered
+        lat += f" ({answered} answered, {self.healthz_errors} failed)"
         lines = [
             f"== {self.name} ({self.duration:.1f} s)",
             f"  RSS MiB: before {self.rss_before:.0f}, peak {self.rss_peak:.0f} "

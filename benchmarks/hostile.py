@@ -23,17 +23,18 @@ A module not written yet is reported as "not available yet".
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import inspect
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import harness
-from flood import FloodResult
+from flood import MIB, FloodResult
 from harness import LOAD_CPUS, BenchError, Procs
 
 FLOODS: dict[str, tuple[str, str]] = {  # name -> (module, function)
@@ -69,9 +70,49 @@ def run_one(name: str, settle: float | None) -> list[FloodResult] | str:
         kwargs["settle"] = settle
     with Procs() as procs:
         out = run(procs, **kwargs) if "procs" in params else run(**kwargs)
-    if out is None:
-        return []
-    return list(out) if isinstance(out, list | tuple) else [out]
+        if inspect.isawaitable(out):
+            out = asyncio.run(_awaited(out))
+    items = [] if out is None else list(out) if isinstance(out, list | tuple) else [out]
+    results = [r if isinstance(r, FloodResult) else from_dict(name, r) for r in items]
+    for result in results:
+        if not result.checks and name in TARGETS:
+            TARGETS[name](result)
+    return results
+
+
+async def _awaited(out: Awaitable[Any]) -> Any:
+    return await out
+
+
+def from_dict(name: str, raw: dict[str, Any]) -> FloodResult:
+    """A flood that reports a dict: `rss_mib` {before, peak, after}, `healthz_ms` {p50, p99,
+    count}; every other key becomes a figure."""
+    rss = raw.get("rss_mib", {})
+    healthz = raw.get("healthz_ms", {})
+    result = FloodResult(str(raw.get("name", name)), float(rss.get("before", 0.0)),
+                         float(rss.get("peak", 0.0)), float(rss.get("after", 0.0)),
+                         float(raw.get("settle_s", raw.get("settle", 0.0))),
+                         duration=float(raw.get("seconds", 0.0)))
+    if "p50" in healthz:
+        result.reported = {0.5: float(healthz["p50"]), 0.99: float(healthz["p99"])}
+        result.healthz_answered = int(healthz.get("count", 0))
+    skip = {"name", "rss_mib", "healthz_ms", "settle_s", "settle", "seconds", "checks"}
+    result.figures.update({k: str(v) for k, v in raw.items() if k not in skip})
+    for target, met in raw.get("checks", []):
+        result.check(str(target), bool(met))
+    return result
+
+
+def _growth_mb(result: FloodResult) -> float:
+    return result.peak_growth_mib * MIB / 1e6
+
+
+def _ws_targets(result: FloodResult) -> None:
+    growth = _growth_mb(result)
+    result.check(f"RSS growth under 150 MB (+{growth:.0f} MB)", growth < 150)
+
+
+TARGETS: dict[str, Callable[[FloodResult], None]] = {"ws": _ws_targets}
 
 
 def summary(rows: list[tuple[str, FloodResult | str]]) -> str:
