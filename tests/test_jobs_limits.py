@@ -34,7 +34,7 @@ from support import (
 from gateway._httpserver import Request, Response
 from gateway.config import JobsSettings, parse_config
 from gateway.errors import ConfigError
-from gateway.jobs import JobRequest, Outcome, Timing
+from gateway.jobs import JobRequest, Outcome, Timing, open_store
 from gateway.jobs.memory import RECORD_BYTES, MemoryStore
 from gateway.jobs.model import TOO_LARGE
 from gateway.jobs.store import redis_available
@@ -290,6 +290,32 @@ async def test_redis_store_fails_a_result_over_max_result_bytes_and_stores_none_
                  async for key in r.scan_iter("saq:job:*")]
     assert len(sizes) == 2
     assert max(sizes) < 64 * 1024  # the 2 MB result never reached Redis
+
+
+async def test_redis_store_keeps_a_result_as_json_text(redis: RedisServer) -> None:
+    parsed = orjson.loads(BIG)
+
+    async def big(job: JobRequest) -> Outcome:
+        return Outcome(200, parsed)
+
+    store = open_store(JobsSettings(store=redis.url, ttl=30), Timing(heartbeat=2.0, grace=0.5))
+    await store.start(big)
+    try:
+        job_id = (await store.submit(JobRequest("GET", "/big", "", (), b"", "r", 10.0))).id
+        give_up = time.monotonic() + 30
+        while (view := await store.get(job_id)) is None or not view.finished:
+            assert time.monotonic() < give_up
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    assert view.state == "succeeded"
+    assert view.result_json == BIG
+    async with Redis.from_url(redis.url) as r:
+        [key] = [key async for key in r.scan_iter("saq:job:*")]
+        record = orjson.loads(await r.get(key))
+    # One string, so reading the job never rebuilds (and re-serializes) its object tree.
+    assert record["result"]["body_json"] == BIG.decode()
+    assert "body" not in record["result"]
 
 
 async def test_memory_store_fails_a_result_over_max_result_bytes(

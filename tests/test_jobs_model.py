@@ -15,6 +15,7 @@ from gateway.errors import ConfigError
 from gateway.jobs.api import wants_async
 from gateway.jobs.model import (
     CANCELED,
+    CRASHED,
     JobRequest,
     JobView,
     Outcome,
@@ -163,3 +164,27 @@ def test_a_redis_store_without_the_extra_is_a_config_error(
 ])
 def test_store_url_is_logged_without_its_password(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+def test_outcome_record_keeps_the_body_as_json_text() -> None:
+    body = {"data": {"a": [1, 2.5, "x"]}, "meta": {}}
+    record = Outcome(200, body).to_record()
+    assert record == {"http_status": 200, "error": None,
+                      "body_json": '{"data":{"a":[1,2.5,"x"]},"meta":{}}'}
+    back = Outcome.from_record(record)
+    assert (back.state, back.body, back.raw) == ("succeeded", None, record["body_json"].encode())
+    assert finished_view("i" * 24, 1.0, 2.0, 3.0, back).result == body
+
+
+def test_outcome_record_of_a_failed_aggregate_keeps_its_error_line() -> None:
+    envelope: dict[str, Any] = {"data": None, "meta": {}, "error": "upstream 'u' answered 500"}
+    back = Outcome.from_record(Outcome(502, envelope).to_record())
+    view = finished_view("i" * 24, 1.0, 2.0, 3.0, back)
+    assert (view.state, view.error, view.result) == ("failed", envelope["error"], envelope)
+
+
+def test_outcome_record_reads_the_earlier_form_and_garbage() -> None:
+    assert Outcome.from_record({"http_status": 200, "body": {"a": 1}}) == Outcome(200, {"a": 1})
+    assert Outcome.from_record({"http_status": None, "body_json": None, "error": "lost"}
+                               ).state == "failed"
+    assert Outcome.from_record("Traceback ...").error == CRASHED

@@ -71,7 +71,7 @@ return id
 def state_of(job: Job) -> str:
     """The SPEC state a finished SAQ job ends in."""
     if job.status == Status.COMPLETE:
-        return Outcome.from_json(job.result).state
+        return Outcome.from_record(job.result).state
     if job.status in (Status.ABORTED, Status.ABORTING) and job.error == CANCELED:
         return "canceled"
     return "failed"

@@ -157,7 +157,7 @@ class RedisStore(JobStore):
             self._running -= 1
             if not self._running:
                 self._idle.set()
-        return outcome.to_json()
+        return outcome.to_record()
 
     async def _beat(self, job: Job) -> None:
         while True:
@@ -183,7 +183,7 @@ class RedisStore(JobStore):
             return JobView(job.key, "running", created, started)
         if status == Status.COMPLETE:
             return finished_view(job.key, created, started, finished,
-                                 Outcome.from_json(job.result))
+                                 Outcome.from_record(job.result))
         error = job.error if job.error in _KNOWN_ERRORS else CRASHED
         state: JobState = "canceled" if error == CANCELED else "failed"
         return JobView(job.key, state, created, started, finished, error=error)
