@@ -26,6 +26,10 @@ SIZE = 200  # requests kept per process
 _SLACK_MS = 0.05
 
 
+# What the page shows for a skipped call (meta `{"skipped": true, "ok": true}`), not "not run".
+SKIPPED = "skipped: a request value it needs is missing (or a view never awaited it)"
+
+
 @dataclass(frozen=True, slots=True)
 class CallTiming:
     """One call of a recorded request, in milliseconds from the request's start."""
@@ -146,7 +150,7 @@ def make_entry(seq: int, target: Target, ctx: RequestContext, result: Result) ->
             start_ms=float(m.get("start_ms") or 0.0),
             elapsed_ms=float(m.get("elapsed_ms") or 0.0),
             deps=known.get(name, ("", ()))[1],
-            error=m.get("error"),
+            error=m.get("error") or (SKIPPED if m.get("skipped") else None),
             cached=bool(m.get("cached")),
             # A call stopped by its request's failure (or deadline) says so in its error.
             canceled=not m.get("ok") and str(m.get("error") or "").startswith("canceled"),

@@ -12,7 +12,7 @@ from gateway.app import Result
 from gateway.config import load_config
 from gateway.context import RequestContext
 from gateway.plan import Plan, compile_plans
-from gateway.recent import CallTiming, Recent, critical_path, make_entry
+from gateway.recent import SKIPPED, CallTiming, Recent, critical_path, make_entry
 
 
 def timing(name: str, start: float, elapsed: float, *deps: str, ok: bool = True,
@@ -129,6 +129,18 @@ def test_call_stopped_by_a_failed_request_is_marked_canceled() -> None:
     a, b = entry.calls
     assert not a.canceled
     assert b.canceled
+
+
+def test_a_skipped_call_says_so_instead_of_not_run() -> None:
+    plan = plan_for({"name": "a", "upstream": "up", "path": "/a"},
+                    {"name": "b", "upstream": "up", "path": "/b", "optional": True})
+    entry = make_entry(1, plan, ctx(), result({
+        "a": meta_call(0.1, 10.0), "b": {"skipped": True, "ok": True}}))
+    a, b = entry.calls
+    assert (b.ok, b.ran, b.canceled) == (True, False, False)
+    assert b.error == SKIPPED
+    assert a.error is None
+    assert [c["critical"] for c in entry.to_json()["calls"]] == [True, False]
 
 
 # -- fed by real requests ----------------------------------------------------------------------
