@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,6 +172,50 @@ async def test_a_head_past_the_hard_cap_is_cut_off_before_it_is_all_read(
     assert sent < 16 * MAX_HEAD_BYTES  # the server hung up long before the end
     if received:  # the 431 may be lost to the reset that our next write caused
         assert _response(received)[0] == 431, received[:300]
+    assert up.requests == 0
+
+
+def _rss(pid: int) -> int:
+    """VmRSS of `pid`, in bytes (`gateway serve` with one worker serves in that process)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmRSS:")) * 1024
+
+
+async def test_many_clients_sending_huge_heads_cost_at_most_the_cap_each(
+    upstream: UpstreamFactory, hypercorn_server: HypercornFactory
+) -> None:
+    """32 connections each try to send 4 MiB of head and never finish it: the server holds
+    at most the cap (plus one read) of each, then drops it. Measured: about 15 MiB with the
+    shipped 64 KiB cap, over 50 MiB with a 16 MiB one (the server reads slower than this)."""
+    up = await upstream(echo)
+    server = await hypercorn_server(_config(up))
+    pid = server.process.pid
+    chunk = b"a" * 65_536
+
+    async def flood() -> asyncio.StreamWriter:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(b"GET /items/a HTTP/1.1\r\nHost: gw\r\nX-Big: ")
+            for _ in range(64):
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        return writer
+
+    async def wave() -> int:
+        async with asyncio.timeout(60):
+            held = await asyncio.gather(*(flood() for _ in range(32)))
+        await asyncio.sleep(0.3)  # the server has read what it will read
+        rss = _rss(pid)
+        for writer in held:
+            writer.close()
+        return rss
+
+    before = _rss(pid)
+    grown = await wave() - before
+    assert grown < 32 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
     assert up.requests == 0
 
 
