@@ -74,8 +74,8 @@ async def execute(
 
 
 class _Run:
-    __slots__ = ("ctx", "failed", "inputs", "on_call", "plan", "records", "results", "tasks",
-                 "upstreams")
+    __slots__ = ("ctx", "failed", "inputs", "on_call", "plan", "records", "replies", "results",
+                 "tasks", "upstreams")
 
     def __init__(self, plan: Plan, ctx: RequestContext, upstreams: Mapping[str, Upstream],
                  on_call: OnCall | None) -> None:
@@ -83,11 +83,13 @@ class _Run:
         self.ctx = ctx
         self.upstreams = upstreams
         self.on_call = on_call
-        self.results: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}  # shaped (select/rename...): what `data` holds
+        # Dependents read the raw replies, so shaping a call's output never breaks a chain.
+        self.replies: dict[str, Any] = {}
         self.records = {c.name: CallRecord(c.name, c.upstream) for c in plan.calls}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.failed: tuple[str, CallError] | None = None
-        self.inputs = Inputs(ctx.params, ctx.query, ctx.headers, ctx.body, self.results)
+        self.inputs = Inputs(ctx.params, ctx.query, ctx.headers, ctx.body, self.replies)
 
     async def parallel(self) -> None:
         try:
@@ -108,7 +110,7 @@ class _Run:
         record = self.records[call.name]
         if call.skip_unless and call.skipped(self.inputs):
             record.skip()  # an optional call without a request value it needs
-            self.results[call.name] = call.default
+            self.results[call.name] = self.replies[call.name] = call.default
             self._notify(record, call.default)
             return
         for dep in call.deps:
@@ -126,14 +128,16 @@ class _Run:
                 self.failed = (call.name, error)
                 self._notify(record, None)
                 raise _RequiredFailed from error
-            result = call.default
+            result = raw = call.default
         except asyncio.CancelledError:  # cut off: the deadline, or a required sibling failed
             record.elapsed_ms = (time.perf_counter() - started) * 1000.0
             record.attempts = tally.attempts
             raise
         else:
             record.finish_ok(reply, (time.perf_counter() - started) * 1000.0)
-            result = call.shape(reply.data)
+            raw = reply.data
+            result = call.shape(raw)
+        self.replies[call.name] = raw
         self.results[call.name] = result
         self._notify(record, result)
 

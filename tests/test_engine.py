@@ -64,3 +64,24 @@ async def test_sequential_runs_calls_in_config_order(
 def test_remaining_is_never_negative() -> None:
     assert _ctx(arrived_ago=5.0).remaining(1.0) == 0.0
     assert 0.9 < _ctx().remaining(1.0) <= 1.0
+
+
+async def test_dependents_read_the_raw_reply_not_the_shaped_one(
+    upstream: UpstreamFactory
+) -> None:
+    users = await upstream(reply({"id": 7, "name": "Ada", "account_id": 42}))
+    billing: RecordingServer = await upstream(reply({"balance": 1}))
+    config = parse_config(make_config({"users": users, "billing": billing}, endpoint(
+        "/x", call("user", "users", "/u", select=["id"], rename={"id": "uid"}),
+        call("account", "billing", "/accounts/{user.account_id}"))), env={})
+    ups = {name: Upstream(cfg, config.gateway) for name, cfg in config.upstreams.items()}
+    for up in ups.values():
+        await up.start()
+    try:
+        outcome = await execute(compile_plans(config)[0], _ctx(), ups, deadline=5)
+    finally:
+        for up in ups.values():
+            await up.close()
+    assert outcome.status == 200, outcome.error
+    assert outcome.results["user"] == {"uid": 7}  # `data` holds the shaped reply...
+    assert [r.path for r in billing.seen] == ["/accounts/42"]  # ...its dependent the raw one
