@@ -122,6 +122,10 @@ class Gateway:
             target.check_request(Inputs(params, query, headers, parsed, {}))
         return ctx
 
+    def going_away(self) -> None:
+        """Shutdown has begun (the worker says so, worker.py): `/ws` sockets close with 1001."""
+        self.stream.going_away()
+
     # -- running ------------------------------------------------------------------------------
 
     async def _run_plan(self, plan: Plan, ctx: RequestContext, runtime: Runtime,
@@ -232,7 +236,7 @@ class Gateway:
         app.register_error_handler(HTTPException, self._http_error)
         app.make_default_options_response = self._options  # type: ignore[method-assign]
         app.register_error_handler(Exception, self._internal_error)
-        stream.register(self)
+        self.stream = stream.register(self)  # /ws, raw ASGI in front of Quart
         dashboard.register(self)
         openapi.register(self)  # /_gateway/openapi.json
         # Ambiguous framing (Content-Length + Transfer-Encoding) is refused before Quart runs.

@@ -131,12 +131,22 @@ class JobsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebsocketSettings:
+    """Bounds of one `/ws` connection (stream.py); a reload applies them to new sockets."""
+
+    max_in_flight: int = 16  # unanswered requests per socket; more get an `error` message
+    max_message_bytes: int = 1024 * 1024  # a larger message closes the socket with 1009
+    idle_timeout: float = 60.0  # seconds with no message and nothing in flight: closed, 1001
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     endpoints: tuple[EndpointConfig, ...] = ()
     source: str | None = None  # the file it came from, for messages
+    websocket: WebsocketSettings = field(default_factory=WebsocketSettings)
 
 
 T = TypeVar("T")
@@ -268,9 +278,10 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
     """Validate already-parsed TOML data; raises `ConfigError` listing every problem."""
     c = _Checker(hook_folder(source))
     top = c.table(raw, "config")
-    c.unknown(top, "", {"gateway", "jobs", "upstreams", "endpoints"})
+    c.unknown(top, "", {"gateway", "jobs", "websocket", "upstreams", "endpoints"})
     settings = _gateway(c, c.table(top.get("gateway", {}), "gateway"))
     jobs = _jobs(c, c.table(top.get("jobs", {}), "jobs"))
+    websocket = _websocket(c, c.table(top.get("websocket", {}), "websocket"))
     upstreams: dict[str, UpstreamConfig] = {}
     upstreams_raw = c.table(top.get("upstreams", {}), "upstreams")
     for name, up_raw in upstreams_raw.items():
@@ -296,7 +307,7 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
         endpoints.append(ep)
     if c.problems:
         raise ConfigError(c.problems)
-    return Config(settings, jobs, upstreams, tuple(endpoints), source)
+    return Config(settings, jobs, upstreams, tuple(endpoints), source, websocket=websocket)
 
 
 def _gateway(c: _Checker, raw: dict[str, Any]) -> GatewaySettings:
@@ -356,6 +367,17 @@ def _jobs(c: _Checker, raw: dict[str, Any]) -> JobsSettings:
         grace=grace,
         max_result_bytes=max_result,
         max_finished_bytes=max_finished,
+    )
+
+
+def _websocket(c: _Checker, raw: dict[str, Any]) -> WebsocketSettings:
+    p = "websocket"
+    d = WebsocketSettings()
+    c.unknown(raw, p, {"max_in_flight", "max_message_bytes", "idle_timeout"})
+    return WebsocketSettings(
+        max_in_flight=c.integer(raw, p, "max_in_flight", d.max_in_flight),
+        max_message_bytes=c.integer(raw, p, "max_message_bytes", d.max_message_bytes),
+        idle_timeout=c.number(raw, p, "idle_timeout", d.idle_timeout),
     )
 
 

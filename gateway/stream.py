@@ -5,56 +5,61 @@ The client sends `{"id": "r1", "path": "/dashboard/7"}` (optional `method`,
 as it finishes, then one `result`. Requests go through the same router and
 `Gateway.context` as HTTP, so the 400/404 rules are identical.
 
-Each request is a task owned by its connection: when the socket closes,
-Quart cancels the handler, the handler's task group cancels every request,
-and that cancels their upstream calls. Messages of one request are queued
-only for that request (one per call, so bounded) and sent by its own task;
-a request keeps its in-flight slot until its result is on the wire, so a
-client that stops reading stops being served instead of filling memory.
+Why raw ASGI and not Quart's `websocket`: Quart's connection runs a reader task
+that copies every frame into an unbounded `asyncio.Queue`, whatever the
+handler does, which defeats Hypercorn's own bound (`max_app_queue_size`): a
+client that sends without reading our replies grew a worker by ~850 MB in
+37 s. Here the connection's read loop is the only caller of ASGI `receive`
+and calls it only when it is ready for the next message, so there is no
+queue of ours at all: when the loop waits (on a reply the client does not
+read, or on a full set of requests in flight), Hypercorn's queue fills, it
+stops reading the socket and TCP slows the client down.
+
+Outgoing, a request keeps its in-flight slot (`[websocket] max_in_flight`)
+until its result is on the wire, and every send waits for the socket to take
+it, so a client that stops reading stops being served instead of filling
+memory. Each request is a task owned by its connection: when the socket
+closes, every request is cancelled, and with it its upstream calls.
+
+At shutdown the worker calls `Stream.going_away()` before Hypercorn starts
+waiting for connections (worker.py): each socket stops reading, gives its
+requests in flight up to `SHUTDOWN_GRACE` to finish and closes with 1001.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
-from quart import Response, websocket
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope, WebsocketScope
 from werkzeug.datastructures import MultiDict
 
 from . import envelope, guard
-from .config import STRATEGIES
-from .context import HeaderMap
+from .config import HEADER_NAME_RE, STRATEGIES, WebsocketSettings
 from .envelope import CallRecord
 from .errors import RequestError
 
 if TYPE_CHECKING:
-    from quart.wrappers import Websocket
-
     from .app import Gateway
     from .context import RequestContext
     from .routing import Target
 
 log = logging.getLogger("gateway.stream")
 
-KIB = 1024
+PATH = "/ws"
 SECONDS = 1.0
-EXTENSION_KEY = "gateway.stream"
-
-
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
-    """Bounds for one `/ws` connection; Hypercorn's `websocket_max_message_size` is outside."""
-
-    max_message_bytes: int = 64 * KIB  # a larger message closes the socket with 1009
-    max_in_flight: int = 16  # requests running at once on one socket; more get an error
-    idle_timeout: float = 60 * SECONDS  # closed (1001) after this long with nothing to do
-    max_id_chars: int = 128
+MAX_ID_CHARS = 128
+# At shutdown, how long requests in flight may still finish before their socket closes;
+# well inside Hypercorn's graceful_timeout (10 s in hypercorn.toml), which cancels the rest.
+SHUTDOWN_GRACE = 3 * SECONDS
+# Visible ASCII, space and tab: h11 and httpx refuse anything else in a header value.
+_HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]*\Z")
 
 
 class ProtocolError(Exception):
@@ -66,22 +71,46 @@ class ProtocolError(Exception):
 
 
 class Stream:
-    """The `/ws` endpoint of one gateway; its limits can be replaced before serving."""
+    """ASGI middleware serving `/ws` for one gateway; everything else goes to `app`."""
 
-    def __init__(self, gw: Gateway, limits: StreamLimits | None = None) -> None:
+    def __init__(self, gw: Gateway, app: Any) -> None:
         self.gw = gw
-        self.limits = limits or StreamLimits()
+        self.app = app
+        self.connections: set[_Connection] = set()  # one per open socket, for going_away
+        self.leaving = False
 
-    async def __call__(self) -> Response | None:
-        origin = websocket.headers.get("origin")
-        if origin is not None and not self._origin_allowed(origin, websocket.headers):
-            return Response("origin not allowed", status=403, content_type="text/plain")
-        await websocket.accept()
-        # `websocket` is a context-local proxy; the connection keeps the object itself.
-        await _Connection(self, websocket._get_current_object()).serve()  # type: ignore[attr-defined]
-        return None
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
+                       send: ASGISendCallable) -> None:
+        if scope["type"] != "websocket" or _path(scope) != PATH:
+            await self.app(scope, receive, send)
+            return
+        await self._serve(scope, receive, send)
 
-    def _origin_allowed(self, origin: str, headers: HeaderMap) -> bool:
+    async def _serve(self, scope: WebsocketScope, receive: ASGIReceiveCallable,
+                     send: ASGISendCallable) -> None:
+        headers = _handshake_headers(scope)
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin, headers):
+            await _refuse(scope, send, 403, "origin not allowed")
+            return
+        await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+        connection = _Connection(self.gw, self.gw.config.websocket, headers, receive, send)
+        if self.leaving:  # accepted in the instant the listener was closing
+            await connection.close(1001, "server shutting down")
+            return
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+
+    def going_away(self) -> None:
+        """Shutdown begins: every socket finishes its requests and closes with 1001."""
+        self.leaving = True
+        for connection in self.connections:
+            connection.leave()
+
+    def _origin_allowed(self, origin: str, headers: dict[str, str]) -> bool:
         allowed = self.gw.config.gateway.cors_origins
         if not allowed or "*" in allowed or origin in allowed:
             return True
@@ -90,35 +119,67 @@ class Stream:
 
 
 class _Connection:
-    def __init__(self, stream: Stream, ws: Websocket) -> None:
-        self.gw = stream.gw
-        self.limits = stream.limits
-        self.ws = ws
+    def __init__(self, gw: Gateway, limits: WebsocketSettings, headers: dict[str, str],
+                 receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        self.gw = gw
+        self.limits = limits  # as when the socket opened: a reload applies to new sockets
+        self.headers = headers
+        self.receive = receive
+        self.send = send
         self.in_flight: dict[Any, asyncio.Task[None]] = {}
         self.send_lock = asyncio.Lock()
+        self.closed = False
+        self.leaving = asyncio.Event()
+        self._waiting: asyncio.Timeout | None = None  # the read loop's wait, while it waits
 
     async def serve(self) -> None:
+        closing: tuple[int, str] | None = None
         async with asyncio.TaskGroup() as tg:
             try:
-                await self._read(tg)
+                closing = await self._read(tg)
+                if self.leaving.is_set() and self.in_flight:
+                    await asyncio.wait(list(self.in_flight.values()), timeout=SHUTDOWN_GRACE)
             finally:  # the socket is going away: nothing of it may keep running
                 for task in self.in_flight.values():
                     task.cancel()
+        if closing is not None:  # after every request is done: nothing sends after a close
+            await self.close(*closing)
 
-    async def _read(self, tg: asyncio.TaskGroup) -> None:
-        while True:
+    def leave(self) -> None:
+        self.leaving.set()
+        if self._waiting is not None:  # wake the read loop now
+            self._waiting.reschedule(asyncio.get_running_loop().time())
+
+    async def close(self, code: int, reason: str) -> None:
+        async with self.send_lock:
+            if not self.closed:
+                self.closed = True
+                await self.send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def _read(self, tg: asyncio.TaskGroup) -> tuple[int, str] | None:
+        """Serve messages until the socket should close: its close code, or None if gone."""
+        while not self.leaving.is_set():
             try:
-                async with asyncio.timeout(self.limits.idle_timeout):
-                    raw = await self.ws.receive()
+                async with asyncio.timeout(self.limits.idle_timeout) as self._waiting:
+                    event = await self.receive()
             except TimeoutError:
+                if self.leaving.is_set():
+                    break
                 if self.in_flight:
                     continue
-                await self.ws.close(1001, "idle timeout")
-                return
-            size = len(raw.encode() if isinstance(raw, str) else raw)
+                return 1001, "idle timeout"
+            finally:
+                self._waiting = None
+            if event["type"] == "websocket.disconnect":
+                return None
+            if event["type"] != "websocket.receive":  # websocket.connect
+                continue
+            raw: str | bytes | None = event.get("text")
+            if raw is None:
+                raw = event.get("bytes") or b""
+            size = len(raw) if isinstance(raw, bytes) or raw.isascii() else len(raw.encode())
             if size > self.limits.max_message_bytes:
-                await self.ws.close(1009, f"message over {self.limits.max_message_bytes} bytes")
-                return
+                return 1009, f"message over {self.limits.max_message_bytes} bytes"
             try:
                 rid, coro = self._start(raw)
             except ProtocolError as error:
@@ -127,9 +188,12 @@ class _Connection:
             task = tg.create_task(coro)
             self.in_flight[rid] = task
             task.add_done_callback(partial(self._done, rid))
+        return 1001, "server shutting down"
 
-    def _done(self, rid: Any, _task: asyncio.Task[None]) -> None:
-        self.in_flight.pop(rid, None)
+    def _done(self, rid: Any, task: asyncio.Task[None] | None) -> None:
+        """Free `rid`'s slot, unless a newer request already took that id."""
+        if self.in_flight.get(rid) is (task or asyncio.current_task()):
+            del self.in_flight[rid]
 
     def _start(self, raw: str | bytes) -> tuple[Any, Coroutine[Any, Any, None]]:
         """Check one message and prepare its request; raises `ProtocolError` if unusable."""
@@ -142,8 +206,8 @@ class _Connection:
         rid = message.get("id")
         if rid is None or isinstance(rid, bool) or not isinstance(rid, str | int):
             raise ProtocolError("message needs an 'id' (a string or an integer)")
-        if isinstance(rid, str) and not 0 < len(rid) <= self.limits.max_id_chars:
-            raise ProtocolError(f"'id' must be 1 to {self.limits.max_id_chars} characters")
+        if isinstance(rid, str) and not 0 < len(rid) <= MAX_ID_CHARS:
+            raise ProtocolError(f"'id' must be 1 to {MAX_ID_CHARS} characters")
         if rid in self.in_flight:
             raise ProtocolError(f"a request with id {rid!r} is already in flight", rid)
         if len(self.in_flight) >= self.limits.max_in_flight:
@@ -181,8 +245,7 @@ class _Connection:
 
     def _headers(self, given: Any, rid: Any) -> dict[str, str]:
         """The handshake's headers, then the message's (lower-case names, strings only)."""
-        headers = {k.lower(): v for k, v in self.ws.headers.items()
-                   if not k.lower().startswith("sec-websocket-")}
+        headers = {k: v for k, v in self.headers.items() if not k.startswith("sec-websocket-")}
         headers.pop("x-gateway-strategy", None)  # a per-message choice, never per socket
         headers.pop("x-request-id", None)
         if given is None:
@@ -190,7 +253,15 @@ class _Connection:
         if not isinstance(given, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
             raise ProtocolError("'headers' must be an object of string values", rid)
-        headers.update((k.lower(), v) for k, v in given.items())
+        for name, value in given.items():
+            # Checked here, not by the HTTP client deep in a call: CR/LF would split a header.
+            if not HEADER_NAME_RE.match(name):
+                raise ProtocolError("'headers' names must be HTTP tokens "
+                                    "(letters, digits and !#$%&'*+-.^_`|~)", rid)
+            if not _HEADER_VALUE_RE.match(value):
+                raise ProtocolError(f"'headers' value of {name!r} must be printable ASCII "
+                                    "(no CR, LF, NUL or other control characters)", rid)
+            headers[name.lower()] = value
         return headers
 
     async def _request(self, rid: Any, target: Target, ctx: RequestContext) -> None:
@@ -223,22 +294,45 @@ class _Connection:
             tg.create_task(run())
             while (item := await pending.get()) is not None:
                 await self._send_raw(item)
+            self._done(rid, None)  # the result is out: the client may reuse the id at once
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self._send_raw(envelope.dumps(message))
 
     async def _send_raw(self, data: bytes) -> None:
-        async with self.send_lock:
-            await self.ws.send(data.decode())
+        async with self.send_lock:  # waits while the client does not read: backpressure
+            if not self.closed:
+                await self.send({"type": "websocket.send", "bytes": None, "text": data.decode()})
 
 
-def register(gw: Gateway, limits: StreamLimits | None = None) -> Stream:
-    """Serve `/ws` for `gw`; the `Stream` is kept in `app.extensions` for tests and tuning."""
-    stream = Stream(gw, limits)
-    gw.app.extensions[EXTENSION_KEY] = stream
+def _path(scope: WebsocketScope) -> str:
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
-    async def ws_view() -> Response | None:  # Quart wants a coroutine function, not an object
-        return await stream()
 
-    gw.app.add_websocket("/ws", "gateway_ws", ws_view)
+def _handshake_headers(scope: WebsocketScope) -> dict[str, str]:
+    """Lower-case names; a repeated header's values joined with ", " (RFC 9110 5.3)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+async def _refuse(scope: WebsocketScope, send: ASGISendCallable, status: int, text: str) -> None:
+    """Refuse a handshake with an HTTP response (or a bare close where that is unsupported)."""
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": text})
+        return
+    body = text.encode()
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+
+
+def register(gw: Gateway) -> Stream:
+    """Serve `/ws` for `gw`, in front of its Quart app."""
+    stream = Stream(gw, gw.app.asgi_app)
+    gw.app.asgi_app = stream  # type: ignore[method-assign]
     return stream

@@ -17,6 +17,7 @@ from gateway.config import (
     Config,
     GatewaySettings,
     JobsSettings,
+    WebsocketSettings,
     find_cycle,
     load_config,
     parse_config,
@@ -351,6 +352,41 @@ def test_zero_is_allowed_where_it_means_off() -> None:
                  upstreams={"u": {"url": "http://h", "cache_ttl": 0, "retries": 0}})
     cfg = parse_config(raw, env={})
     assert (cfg.jobs.max_queued, cfg.upstreams["u"].cache_ttl) == (0, 0.0)
+
+
+# -- [websocket] -------------------------------------------------------------------------------
+
+
+def test_websocket_table_has_spec_defaults_and_takes_every_key() -> None:
+    assert parse_config({}, env={}).websocket == WebsocketSettings(
+        max_in_flight=16, max_message_bytes=1048576, idle_timeout=60.0)
+    cfg = parse_config(config(websocket={"max_in_flight": 2, "max_message_bytes": 4096,
+                                         "idle_timeout": 5}), env={})
+    assert cfg.websocket == WebsocketSettings(2, 4096, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"max_in_flight": 0}, "websocket.max_in_flight: must be >= 1"),
+        ({"max_in_flight": "16"}, "websocket.max_in_flight: must be an integer, not a string"),
+        ({"max_in_flight": True}, "websocket.max_in_flight: must be an integer, not a boolean"),
+        ({"max_message_bytes": 0}, "websocket.max_message_bytes: must be >= 1"),
+        ({"max_message_bytes": 1.5},
+         "websocket.max_message_bytes: must be an integer, not a number"),
+        ({"idle_timeout": 0}, "websocket.idle_timeout: must be > 0"),
+        ({"idle_timeout": -1.0}, "websocket.idle_timeout: must be > 0"),
+        ({"idle_timeout": "60s"}, "websocket.idle_timeout: must be a number, not a string"),
+        ({"max_queue": 4}, "websocket.max_queue: unknown key"),
+    ],
+)
+def test_websocket_keys_are_validated_with_their_key_path(raw: dict[str, Any],
+                                                          expected: str) -> None:
+    assert only_problem(config(websocket=raw)) == expected
+
+
+def test_websocket_must_be_a_table() -> None:
+    assert only_problem(config(websocket=16)) == "websocket: must be a table, not an integer"
 
 
 def test_cors_origins_accept_a_wildcard_and_full_origins() -> None:

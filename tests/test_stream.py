@@ -29,7 +29,6 @@ from support import (
 )
 
 from gateway import Gateway
-from gateway.stream import EXTENSION_KEY, Stream, StreamLimits
 
 Message = dict[str, Any]
 
@@ -79,10 +78,9 @@ def two_speed_config(slow: RecordingServer, fast: RecordingServer, **gateway: An
     )
 
 
-def set_limits(gw: Gateway, **limits: Any) -> None:
-    stream = gw.app.extensions[EXTENSION_KEY]
-    assert isinstance(stream, Stream)
-    stream.limits = StreamLimits(**limits)
+def with_limits(config: dict[str, Any], **limits: Any) -> dict[str, Any]:
+    """`config` with these `[websocket]` keys."""
+    return {**config, "websocket": limits}
 
 
 # -- the protocol ------------------------------------------------------------------------------
@@ -209,6 +207,38 @@ async def test_invalid_message_gets_an_error_and_the_socket_stays_open(
     assert after[-1]["status"] == 200
 
 
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ({"X-Fwd": "a\r\nX-Injected: 1"}, "no CR, LF, NUL"),
+        ({"X-Fwd": "a\nb"}, "no CR, LF, NUL"),
+        ({"X-Fwd": "nul\x00"}, "no CR, LF, NUL"),
+        ({"X-Fwd": "caf\u00e9"}, "printable ASCII"),
+        ({"X-Fwd\r\nX-Injected": "1"}, "HTTP tokens"),
+        ({"X-Fwd\x00": "1"}, "HTTP tokens"),
+    ],
+)
+async def test_control_characters_in_message_headers_are_an_error_not_a_crash(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
+    caplog: pytest.LogCaptureFixture, headers: dict[str, str], fragment: str,
+) -> None:
+    up = await upstream(echo)
+    client = await gateway_client(make_config(
+        {"up": {"url": up, "forward_headers": ["x-fwd"]}}, endpoint("/e", call("echo", "up"))))
+    async with client.websocket("/ws") as ws:
+        await ws.send(orjson.dumps({"id": "h", "path": "/e", "headers": headers}).decode())
+        error = await receive(ws)
+        await ws.send('{"id": "after", "path": "/e", "headers": {"X-Fwd": "fine"}}')
+        after = await receive_until(ws, results_for("after"))
+    assert error == {"type": "error", "id": "h", "error": error["error"]}
+    assert fragment in error["error"]
+    assert not any(c in error["error"] for c in "\r\n\x00")
+    assert after[-1]["status"] == 200
+    assert after[-1]["body"]["data"]["echo"]["headers"]["x-fwd"] == "fine"
+    assert up.requests == 1  # the bad message never reached the upstream
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+
+
 async def test_missing_placeholder_value_is_the_same_error_as_over_http(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
@@ -228,8 +258,7 @@ async def test_too_many_in_flight_and_duplicate_ids_are_refused(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
     slow = await upstream(reply({"ok": 1}, delay=0.3))
-    gw = Gateway(two_speed_config(slow, slow))
-    set_limits(gw, max_in_flight=2)
+    gw = Gateway(with_limits(two_speed_config(slow, slow), max_in_flight=2))
     client = await gateway_client(gw)
     async with client.websocket("/ws") as ws:
         for rid in ("a", "a", "b", "c"):
@@ -254,8 +283,7 @@ async def test_oversize_message_closes_the_socket_with_1009(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
     fast = await upstream(reply({"ok": 1}))
-    gw = Gateway(two_speed_config(fast, fast))
-    set_limits(gw, max_message_bytes=1024)
+    gw = Gateway(with_limits(two_speed_config(fast, fast), max_message_bytes=1024))
     client = await gateway_client(gw)
     async with client.websocket("/ws") as ws:
         await ws.send('{"id": "ok", "path": "/quick"}')
@@ -270,8 +298,7 @@ async def test_idle_socket_is_closed(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
     fast = await upstream(reply({"ok": 1}))
-    gw = Gateway(two_speed_config(fast, fast))
-    set_limits(gw, idle_timeout=0.15)
+    gw = Gateway(with_limits(two_speed_config(fast, fast), idle_timeout=0.15))
     client = await gateway_client(gw)
     async with client.websocket("/ws") as ws:
         started = time.monotonic()
@@ -285,8 +312,7 @@ async def test_request_in_flight_keeps_an_idle_socket_open(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
     slow = await upstream(reply({"ok": 1}, delay=0.4))
-    gw = Gateway(two_speed_config(slow, slow))
-    set_limits(gw, idle_timeout=0.1)
+    gw = Gateway(with_limits(two_speed_config(slow, slow), idle_timeout=0.1))
     client = await gateway_client(gw)
     async with client.websocket("/ws") as ws:
         await ws.send('{"id": "s", "path": "/quick"}')
@@ -344,7 +370,7 @@ async def test_real_hypercorn_interleaves_closes_1009_and_cancels_on_disconnect(
     slow = await upstream(reply({"who": "slow"}, delay=0.3))
     fast = await upstream(reply({"who": "fast"}, delay=0.01))
     stuck = await upstream(reply({"never": "sent"}, delay=10))
-    config = two_speed_config(slow, fast)
+    config = with_limits(two_speed_config(slow, fast), max_message_bytes=64 * 1024)
     config["upstreams"]["stuck"] = {"url": stuck.url}
     config["endpoints"].append(endpoint("/stuck", call("s", "stuck", "/")))
     server = await hypercorn_server(config)
