@@ -123,7 +123,7 @@ class Gateway:
         return ctx
 
     def going_away(self) -> None:
-        """Shutdown has begun (the worker says so, worker.py): `/ws` sockets close with 1001."""
+        """Shutdown has begun (the worker says so, serving.py): `/ws` sockets close with 1001."""
         self.stream.going_away()
 
     # -- running ------------------------------------------------------------------------------

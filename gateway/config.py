@@ -136,7 +136,9 @@ class WebsocketSettings:
 
     max_in_flight: int = 16  # unanswered requests per socket; more get an `error` message
     max_message_bytes: int = 1024 * 1024  # a larger message closes the socket with 1009
-    idle_timeout: float = 60.0  # seconds with no message and nothing in flight: closed, 1001
+    # Seconds with no message and nothing in flight: closed with 1001. Below hypercorn.toml's
+    # read_timeout (30 s), which drops a connection silent that long with no close frame.
+    idle_timeout: float = 25.0
 
 
 @dataclass(frozen=True, slots=True)

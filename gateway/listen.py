@@ -51,11 +51,17 @@ def probe(config: Any) -> None:
 
 
 async def serve_on(app: Any, config: Any, sockets: Any) -> None:
-    """Serve `app` on already bound `sockets` until SIGINT/SIGTERM (Hypercorn's own worker)."""
+    """Serve `app` on already bound `sockets` until SIGINT/SIGTERM (Hypercorn's own worker).
+
+    A gateway's app is told first, so its `/ws` sockets close with 1001 at once (serving.py).
+    """
     from hypercorn.asyncio.run import worker_serve
     from hypercorn.utils import wrap_app
 
-    await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets)
+    from .serving import gateway_of, signalled_trigger
+
+    await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets,
+                       shutdown_trigger=signalled_trigger(gateway_of(app)))
 
 
 def _valid(address: str) -> bool:

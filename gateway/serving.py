@@ -9,6 +9,13 @@ carries `Connection: close`, so clients open a new connection (to a live worker)
 What starts the graceful stop: SIGTERM; SIGINT too when this process is the whole server
 (`--workers 1`); under the master (supervisor.py) also its shutdown event, which it sets
 on SIGINT/SIGTERM. SIGHUP is the app's (reload.py).
+
+The trigger also tells the gateway (`Gateway.going_away()`): Hypercorn waits up to
+`graceful_timeout` for every open connection and then cancels the rest, and an idle
+WebSocket never finishes by itself, so Ctrl-C used to take that whole wait and give the
+client 1011 and the log a `CancelledError` traceback. Told first, `/ws` sockets close
+with 1001 ("going away") at once and Hypercorn's wait ends with them. `gateway demo`
+and the examples get the same through `signalled_trigger` (listen.py).
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:  # imported in the worker, not in `gateway serve`'s master
+    from .app import Gateway
 
 SHUTDOWN_POLL = 0.1  # seconds between looks at the master's shutdown event (as Hypercorn's)
 _HTTP1 = frozenset({"1.0", "1.1"})  # HTTP/2 and 3 forbid the Connection header
@@ -83,11 +93,11 @@ def run_worker(config: Any, sockets: Any = None, shutdown_event: Event | None = 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(debug=config.debug, loop_factory=loop_factory) as runner:
         runner.get_loop().set_exception_handler(_exception_handler)
-        runner.run(_serve(app, config, sockets, shutdown_event, drain))
+        runner.run(_serve(app, config, sockets, shutdown_event, drain, gateway_of(inner)))
 
 
 async def _serve(app: Any, config: Any, sockets: Any, shutdown_event: Event | None,
-                 drain: Drain) -> None:
+                 drain: Drain, gw: Gateway | None) -> None:
     from hypercorn.asyncio.run import worker_serve
 
     loop = asyncio.get_running_loop()
@@ -105,12 +115,40 @@ async def _serve(app: Any, config: Any, sockets: Any, shutdown_event: Event | No
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SHUTDOWN_POLL)
         drain.closing = True
+        if gw is not None:
+            gw.going_away()  # /ws sockets close with 1001 now, not cut at graceful_timeout
 
     try:
         await worker_serve(app, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+def signalled_trigger(gw: Gateway | None) -> Callable[[], Awaitable[None]]:
+    """A Hypercorn `shutdown_trigger` for SIGINT/SIGTERM that tells `gw` first.
+
+    The handlers are installed when it is made (call it on the running loop).
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def trigger() -> None:
+        await stop.wait()
+        if gw is not None:
+            gw.going_away()
+
+    return trigger
+
+
+def gateway_of(app: Any) -> Gateway | None:
+    """The `Gateway` whose Quart app `app` is (Hypercorn may wrap it); None for other apps."""
+    from .app import Gateway
+
+    gw = getattr(getattr(app, "app", app), "extensions", {}).get("gateway")
+    return gw if isinstance(gw, Gateway) else None
 
 
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

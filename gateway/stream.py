@@ -22,7 +22,7 @@ memory. Each request is a task owned by its connection: when the socket
 closes, every request is cancelled, and with it its upstream calls.
 
 At shutdown the worker calls `Stream.going_away()` before Hypercorn starts
-waiting for connections (worker.py): each socket stops reading, gives its
+waiting for connections (serving.py): each socket stops reading, gives its
 requests in flight up to `SHUTDOWN_GRACE` to finish and closes with 1001.
 """
 

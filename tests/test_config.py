@@ -359,7 +359,7 @@ def test_zero_is_allowed_where_it_means_off() -> None:
 
 def test_websocket_table_has_spec_defaults_and_takes_every_key() -> None:
     assert parse_config({}, env={}).websocket == WebsocketSettings(
-        max_in_flight=16, max_message_bytes=1048576, idle_timeout=60.0)
+        max_in_flight=16, max_message_bytes=1048576, idle_timeout=25.0)
     cfg = parse_config(config(websocket={"max_in_flight": 2, "max_message_bytes": 4096,
                                          "idle_timeout": 5}), env={})
     assert cfg.websocket == WebsocketSettings(2, 4096, 5.0)

@@ -28,7 +28,7 @@ from support import (
     reply,
 )
 
-from gateway import Gateway
+from gateway import Gateway, stream
 
 Message = dict[str, Any]
 
@@ -318,6 +318,49 @@ async def test_request_in_flight_keeps_an_idle_socket_open(
         await ws.send('{"id": "s", "path": "/quick"}')
         messages = await receive_until(ws, results_for("s"))
     assert messages[-1]["status"] == 200
+
+
+async def test_going_away_lets_requests_in_flight_finish_then_closes_with_1001(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    slow = await upstream(reply({"ok": 1}, delay=0.3))
+    gw = Gateway(two_speed_config(slow, slow))
+    client = await gateway_client(gw)
+    async with client.websocket("/ws") as busy, client.websocket("/ws") as idle:
+        await busy.send('{"id": "s", "path": "/quick"}')
+        await wait_for(lambda: slow.requests == 1)
+        started = time.monotonic()
+        gw.going_away()  # what the worker calls when SIGINT/SIGTERM arrives
+        with pytest.raises(WebsocketDisconnectError) as idle_closed:
+            await receive(idle)
+        idle_s = time.monotonic() - started
+        messages = [await receive(busy), await receive(busy)]
+        with pytest.raises(WebsocketDisconnectError) as busy_closed:
+            await receive(busy)
+    assert idle_closed.value.args[0] == 1001
+    assert idle_s < 0.25  # at once, not after the busy socket's request
+    assert busy_closed.value.args[0] == 1001
+    assert [(m["type"], m.get("status")) for m in messages] == [("call", 200), ("result", 200)]
+
+
+async def test_going_away_cancels_what_outlasts_the_grace(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream, "SHUTDOWN_GRACE", 0.2)
+    stuck = await upstream(reply({"never": "sent"}, delay=10))
+    gw = Gateway(two_speed_config(stuck, stuck))
+    client = await gateway_client(gw)
+    async with client.websocket("/ws") as ws:
+        await ws.send('{"id": "s", "path": "/quick"}')
+        await wait_for(lambda: stuck.requests == 1)
+        started = time.monotonic()
+        gw.going_away()
+        with pytest.raises(WebsocketDisconnectError) as closed:
+            await receive(ws)
+    assert closed.value.args[0] == 1001
+    assert 0.15 < time.monotonic() - started < 2.0
+    await wait_for(lambda: stuck.cancelled == 1)
 
 
 async def test_disconnect_mid_request_cancels_the_upstream_call(
