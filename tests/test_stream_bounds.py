@@ -74,21 +74,30 @@ async def test_clients_that_never_read_are_slowed_by_tcp_not_buffered(
     assert healthz_s < 2.0
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+SERVE = [sys.executable, "-m", "gateway", "serve", "--config", "{config}",
+         "--bind", "127.0.0.1:{port}"]
+DEMO = [sys.executable, "-m", "gateway", "demo", "--bind", "127.0.0.1:{port}",
+        "--upstream-port", "0"]
+
+
+@pytest.mark.parametrize(
+    ("command", "path"),
+    [(SERVE, "/x"), ([*SERVE, "--workers", "2"], "/x"), (DEMO, "/dashboard/7")],
+    ids=["serve", "serve-2-workers", "demo"],
+)
 async def test_ctrl_c_closes_websockets_with_1001_at_once_and_quietly(
-    upstream: UpstreamFactory, hypercorn_server: HypercornFactory, workers: int
+    upstream: UpstreamFactory, hypercorn_server: HypercornFactory, command: list[str],
+    path: str,
 ) -> None:
     up = await upstream(reply({"ok": 1}))
-    server = await hypercorn_server(
-        make_config({"u": up}, endpoint("/x", call("u", "u"))),
-        command=[sys.executable, "-m", "gateway", "serve", "--config", "{config}",
-                 "--bind", "127.0.0.1:{port}", "--workers", str(workers)])
+    server = await hypercorn_server(make_config({"u": up}, endpoint("/x", call("u", "u"))),
+                                    command=command)
     url = server.url.replace("http://", "ws://") + "/ws"
     async with aiohttp.ClientSession() as session:
         served, fresh = await session.ws_connect(url), await session.ws_connect(url)
-        await served.send_str('{"id": "r", "path": "/x"}')
-        assert orjson.loads(await served.receive_str(timeout=5))["type"] == "call"
-        assert orjson.loads(await served.receive_str(timeout=5))["type"] == "result"
+        await served.send_str(orjson.dumps({"id": "r", "path": path}).decode())
+        while orjson.loads(await served.receive_str(timeout=5))["type"] != "result":
+            pass
 
         started = time.monotonic()
         os.killpg(server.process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
