@@ -67,14 +67,16 @@ class Tally:
 
 
 def workers_of(master: int) -> set[int]:
-    """The master's worker processes (multiprocessing spawn children, not its helpers)."""
+    """The master's worker processes: children of its fork server (supervisor.py), or of
+    the master itself when spawned; not the fork server or the resource tracker."""
     found = set()
     for pid in harness.process_tree(master):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"spawn_main" in cmdline:
+        if b"spawn_main" in cmdline or (b"forkserver" in cmdline and ppid != master):
             found.add(pid)
     return found
 

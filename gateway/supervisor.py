@@ -4,11 +4,13 @@
   the app, which reloads in place (reload.py); SIGTERM/SIGINT stop it gracefully. If it
   dies, the server is gone: that is for a process manager (systemd, a container) to see.
 - `--workers N`: this master binds the sockets and starts N worker processes that share
-  them. A worker that dies (exit code or signal, `kill -9` included) is logged and
-  replaced; one that keeps dying young is replaced after a growing delay (`Backoff`), so
-  a crash loop cannot spin the machine. The others serve on meanwhile. SIGHUP is
-  forwarded to each worker (each reloads its config; Hypercorn's own master would restart
-  them all instead, and stop for good if the new config is broken). SIGINT/SIGTERM set
+  them, forked from a multiprocessing fork server that imported the app's libraries once
+  (a replacement then starts in about a second, not after a full interpreter start-up).
+  A worker that dies (exit code or signal, `kill -9` included) is logged and replaced;
+  one that keeps dying young is replaced after a growing delay (`Backoff`), so a crash
+  loop cannot spin the machine. The others serve on meanwhile. SIGHUP is forwarded to
+  each worker (each reloads its config; Hypercorn's own master would restart them all
+  instead, and stop for good if the new config is broken). SIGINT/SIGTERM set
   the shutdown event the workers watch: they stop gracefully and are not replaced.
 
 The master also sets `PROMETHEUS_MULTIPROC_DIR` to a fresh directory (unless already set)
@@ -29,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import wait
-from multiprocessing.context import SpawnContext
+from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -43,6 +45,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_FIRST = 0.5  # seconds before replacing a worker that died young
 RESTART_MAX = 30.0  # the delay doubles per young death up to this
 STABLE_AFTER = 30.0  # a worker that lived this long resets the delay
+PRELOAD = "gateway.app"  # imported once by the fork server, not by every new worker
 
 
 @dataclass(slots=True)
@@ -114,7 +117,11 @@ class _Master:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.ctx: SpawnContext = get_context("spawn")
+        self.ctx: ForkServerContext = get_context("forkserver")
+        # Workers fork from a server process that has imported the app's libraries once, so
+        # a replacement serves in about a second, not after a whole interpreter's start-up
+        # (several seconds on a busy machine). It holds no app, loop or socket of its own.
+        self.ctx.set_forkserver_preload([PRELOAD])
         self.stop: Event = self.ctx.Event()
         self.backoff = Backoff()
         self.workers: dict[BaseProcess, float] = {}  # process -> when it started (monotonic)

@@ -40,14 +40,17 @@ def test_exit_is_described_by_code_or_signal_name() -> None:
     assert describe_exit(0) == "exit code 0"
 
 
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def worker_pids(master: int) -> set[int]:
-    """The master's worker processes (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    """The master's workers: the children of its fork server (not the resource tracker)."""
     pids = set()
-    for child in map(int, children):
+    for child in children(master):
         with contextlib.suppress(FileNotFoundError):
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                pids.add(child)
+            if b"multiprocessing.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.update(children(child))
     return pids
 
 
@@ -137,6 +140,14 @@ async def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
     assert server.process.returncode is None
     print(f"replacement serving {replaced_after:.1f} s after the kill; "
           f"{len(results)} requests, {len(failed)} failed")
+
+    # Ctrl-C in a terminal: SIGINT to the whole group. The workers ignore it; the master
+    # stops them all (the replacement too), gracefully.
+    os.killpg(server.process.pid, signal.SIGINT)
+    assert await asyncio.wait_for(server.process.wait(), 10) == 0
+    await eventually(lambda: not alive(survivor) and not alive(replacement),
+                     "the workers' exit", server, within=2.0)
+    assert "SIGINT: stopping 2 workers gracefully" in server.output()
 
 
 async def test_sigterm_stops_one_worker_alone_or_the_master_and_every_worker(
