@@ -29,6 +29,7 @@ run: $(RUN_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python scripts/import_graph.py --quiet  # fails on an import cycle
 
 unit: $(STAMP)
 	$(BIN)/pytest -n auto -q
