@@ -73,7 +73,9 @@ def run_one(name: str, settle: float | None) -> list[FloodResult] | str:
         if inspect.isawaitable(out):
             out = asyncio.run(_awaited(out))
     items = [] if out is None else list(out) if isinstance(out, list | tuple) else [out]
-    results = [r if isinstance(r, FloodResult) else from_dict(name, r) for r in items]
+    settle_default = float(getattr(sys.modules[run.__module__], "SETTLE_SECONDS", 0.0))
+    results = [r if isinstance(r, FloodResult) else from_dict(name, r, settle_default)
+               for r in items]
     for result in results:
         if not result.checks and name in TARGETS:
             TARGETS[name](result)
@@ -84,14 +86,14 @@ async def _awaited(out: Awaitable[Any]) -> Any:
     return await out
 
 
-def from_dict(name: str, raw: dict[str, Any]) -> FloodResult:
+def from_dict(name: str, raw: dict[str, Any], settle: float = 0.0) -> FloodResult:
     """A flood that reports a dict: `rss_mib` {before, peak, after}, `healthz_ms` {p50, p99,
     count}; every other key becomes a figure."""
     rss = raw.get("rss_mib", {})
     healthz = raw.get("healthz_ms", {})
     result = FloodResult(str(raw.get("name", name)), float(rss.get("before", 0.0)),
                          float(rss.get("peak", 0.0)), float(rss.get("after", 0.0)),
-                         float(raw.get("settle_s", raw.get("settle", 0.0))),
+                         float(raw.get("settle_s", raw.get("settle", settle))),
                          duration=float(raw.get("seconds", 0.0)))
     if "p50" in healthz:
         result.reported = {0.5: float(healthz["p50"]), 0.99: float(healthz["p99"])}
