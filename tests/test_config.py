@@ -1,4 +1,4 @@
-"""config.py: TOML -> frozen dataclasses; every problem found at once, with its key path."""
+"""gateway.config: TOML -> frozen dataclasses; every problem found at once, with its key path."""
 
 from __future__ import annotations
 
@@ -923,3 +923,19 @@ def test_combine_is_imported_from_the_config_files_folder_first(
     (plan,) = compile_plans(cfg)
     assert plan.combine is not None
     assert plan.combine({}, None) == "beside"
+
+
+def test_config_package_exports_the_names_of_the_former_module() -> None:
+    """gateway/config.py became a package; every name other modules imported from it
+    still comes from `gateway.config`, and nothing else is exported."""
+    import gateway.config as package
+
+    names = {
+        "COMBINE_RE", "ENV_RE", "HEADER_NAME_RE", "HOP_BY_HOP", "LOG_FORMATS", "MANAGED_HEADERS",
+        "METHODS", "NAME_RE", "RESERVED_PREFIXES", "STRATEGIES", "Batch", "Breaker", "CallConfig",
+        "Config", "EndpointConfig", "GatewaySettings", "JobsSettings", "UpstreamConfig",
+        "WebsocketSettings", "call_templates", "find_cycle", "load_config", "parse_config",
+        "route_params", "template_refs",
+    }
+    assert set(package.__all__) == names
+    assert all(getattr(package, name) is not None for name in names)
