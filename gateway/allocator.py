@@ -30,3 +30,22 @@ def tune() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))  # musl's stub answers 0
+
+
+def trim() -> bool:
+    """Return the heap's free pages to the OS (glibc's `malloc_trim`); False where there is none.
+
+    Bodies read in chunks below the mmap threshold come from the heap; once freed, the
+    pages stay in RSS wherever a live object sits above them. `malloc_trim` releases
+    every free page, fragments included: a few milliseconds for a heap of ~100 MB, so
+    it is called when the body budget drains after a burst (runtime.py), not per call.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # pragma: no cover - a libc without malloc_trim
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    return bool(malloc_trim(0))

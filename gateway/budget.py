@@ -24,14 +24,27 @@ class BudgetExhausted(Exception):
 
 
 class MemoryBudget:
-    """Bytes held by every call in flight; `on_exhausted` hears each refusal."""
+    """Bytes held by every call in flight; `on_exhausted` hears each refusal.
 
-    __slots__ = ("held", "limit", "on_exhausted")
+    `on_drained` hears the budget drop back to nothing after it held `drained_after`
+    bytes or more at once: a burst is over, and its freed memory may go back to the OS
+    (runtime.py). `takes` counts takes, so a caller can tell whether any body was read
+    since it last looked.
+    """
 
-    def __init__(self, limit: int, on_exhausted: Callable[[], None] | None = None) -> None:
+    __slots__ = ("_high", "drained_after", "held", "limit", "on_drained", "on_exhausted",
+                 "takes")
+
+    def __init__(self, limit: int, on_exhausted: Callable[[], None] | None = None,
+                 on_drained: Callable[[], object] | None = None,
+                 drained_after: int = 16 * 1024 * 1024) -> None:
         self.limit = limit  # a reload may change it; leases already taken stay valid
         self.held = 0
         self.on_exhausted = on_exhausted
+        self.on_drained = on_drained
+        self.drained_after = drained_after
+        self.takes = 0
+        self._high = 0  # the most held since the budget was last empty
 
     def lease(self) -> Lease:
         return Lease(self)
@@ -42,9 +55,15 @@ class MemoryBudget:
                 self.on_exhausted()
             raise BudgetExhausted
         self.held += size
+        self.takes += 1
+        self._high = max(self._high, self.held)
 
     def _give_back(self, size: int) -> None:
         self.held -= size
+        if not self.held:
+            high, self._high = self._high, 0
+            if high >= self.drained_after and self.on_drained is not None:
+                self.on_drained()
 
 
 class Lease:

@@ -48,3 +48,23 @@ def test_a_lower_limit_refuses_new_bytes_but_keeps_what_is_held() -> None:
         budget.lease().take(1)
     lease.release()
     assert budget.held == 0
+
+
+def test_draining_after_a_burst_is_heard_once_per_burst() -> None:
+    drained: list[int] = []
+    budget = MemoryBudget(1000, on_drained=lambda: drained.append(budget.takes),
+                          drained_after=500)
+    small = budget.lease()
+    small.take(100)
+    small.release()
+    assert drained == []  # never held enough to matter
+    one, two = budget.lease(), budget.lease()
+    one.take(300)
+    two.take(300)
+    one.release()
+    assert drained == []  # not empty yet
+    two.release()
+    two.release()
+    assert drained == [3]
+    budget.lease().take(10)
+    assert budget.takes == 4

@@ -33,7 +33,7 @@ from support import (
 
 from gateway import Gateway
 from gateway.reload import Reloader
-from gateway.runtime import Runtime
+from gateway.runtime import TRIM_AFTER_QUIET, Runtime
 
 MiB = 1024 * 1024
 BUDGET_ERROR = "gateway memory budget exhausted"
@@ -329,6 +329,30 @@ async def test_a_burst_of_hostile_replies_stays_within_the_budget(
     assert await exhausted_count(client) == len(refused)
     assert runtime_of(gateway).budget.held == 0
     assert peak - baseline < 100 * MiB  # without the budget: 20 x 10 MiB at once, and more
+
+
+async def test_freed_body_memory_goes_back_to_the_os_after_a_quiet_second(
+    raw_upstream: RawUpstreamFactory, gateway_client: GatewayClientFactory,
+) -> None:
+    chunked = await raw_upstream(chunked_reply(50 * MiB))
+    gateway = Gateway(make_config({"chunked": chunked},
+                                  endpoint("/chunked", call("chunked", "chunked")),
+                                  max_buffered_bytes=64 * MiB))
+    client = await gateway_client(gateway)
+    slots = asyncio.Semaphore(20)
+
+    async def one() -> int:
+        async with slots:
+            return (await client.get("/chunked")).status_code
+
+    gc.collect()
+    baseline = rss()["VmRSS"]
+    statuses = await asyncio.gather(*(one() for _ in range(60)))
+    assert set(statuses) <= {502, 503}
+    gc.collect()
+    await asyncio.sleep(TRIM_AFTER_QUIET + 0.5)
+    after_quiet = rss()["VmRSS"]
+    assert after_quiet - baseline < 16 * MiB
 
 
 async def test_a_reload_changes_the_limit_of_the_one_budget(
