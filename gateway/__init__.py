@@ -1,6 +1,6 @@
 """API aggregation gateway: one request in, concurrent upstream calls out, one timed reply."""
 
-from .app import Gateway, Result, create_app
+from .app import Gateway, create_app
 from .config import Config, load_config
 from .context import RequestContext
 from .errors import (
@@ -16,6 +16,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .fan import Fan, FanCall
+from .result import Result
 
 __all__ = [
     "CallError",

@@ -10,11 +10,8 @@ import asyncio
 import inspect
 import logging
 import os
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -30,7 +27,9 @@ from .engine import OnCall, execute
 from .envelope import CallRecord
 from .errors import CallError, RequestError
 from .fan import Fan
+from .origin import OriginPolicy
 from .plan import Plan, compile_plans
+from .result import Result, refusal, request_id, result, strategy_of
 from .retry import start_deadline
 from .routing import CodeView, Router, Target
 from .runtime import Runtime
@@ -38,7 +37,6 @@ from .template import Inputs
 
 log = logging.getLogger("gateway")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -50,15 +48,6 @@ class OrjsonProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)
-
-
-@dataclass(slots=True)
-class Result:
-    """One aggregate request's outcome, before it becomes an HTTP, job or WebSocket reply."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Gateway:
@@ -73,6 +62,7 @@ class Gateway:
         self.config = load_config(config)
         self.router = Router(compile_plans(self.config))
         self.runtime: Runtime | None = None
+        self._origins: tuple[object, OriginPolicy] | None = None
         self.app = Quart(import_name)
         self.app.json = OrjsonProvider(self.app)
         self.app.config["MAX_CONTENT_LENGTH"] = self.config.gateway.max_request_bytes
@@ -184,14 +174,9 @@ class Gateway:
     def _result(self, ctx: RequestContext, status: int, data: Any, records: list[CallRecord],
                 error: str | None = None, extra: Mapping[str, str] | None = None,
                 complete: bool = False) -> Result:
-        total = (time.perf_counter() - ctx.started) * 1000.0
-        body = envelope.body(data, strategy=ctx.strategy, records=records,
-                             processing_ms=total, complete=complete and error is None,
-                             error=error)
-        headers = envelope.headers(ctx.request_id, records, total)
-        if extra:
-            headers.update(extra)
-        return Result(status, body, headers)
+        return result(status, data, request_id=ctx.request_id, strategy=ctx.strategy,
+                      started=ctx.started, records=records, error=error, extra=extra,
+                      complete=complete)
 
     def _strategy(self, target: Target, header: str | None) -> str:
         if header is not None:
@@ -251,7 +236,7 @@ class Gateway:
         # Arrival as the request-metrics hook saw it, so meta and metrics share one clock.
         started = g.get("gateway_started") or time.perf_counter()
         headers = request.headers
-        if request.method == "OPTIONS" and self._is_preflight():
+        if self.origins.is_preflight(request.method, headers):
             return self._preflight()
         try:
             target, params = self.router.match(request.path, request.method)
@@ -277,12 +262,10 @@ class Gateway:
 
     def _error(self, status: int, message: str, headers: HeaderMap,
                started: float) -> Response:
-        strategy = (headers.get("x-gateway-strategy") or "").strip().lower()
-        ctx = RequestContext(request_id(headers), "", "", {}, {}, headers, None,
-                             strategy if strategy in STRATEGIES else self.config.gateway.strategy,
-                             started)
-        result = self._result(ctx, status, None, [], message)
-        return Response(envelope.dumps(result.body), status=status, headers=result.headers,
+        refused = refusal(status, message, request_id=request_id(headers),
+                          strategy=strategy_of(headers, self.config.gateway.strategy),
+                          started=started)
+        return Response(envelope.dumps(refused.body), status=status, headers=refused.headers,
                         content_type="application/json")
 
     def _unrouted(self, started: float) -> Response:
@@ -328,34 +311,23 @@ class Gateway:
         return self._error(500, f"internal error (request id {rid})", headers,
                            time.perf_counter())
 
-    def _is_preflight(self) -> bool:
-        """A CORS preflight from an allowed origin; any other OPTIONS is routed (405)."""
-        origin = request.headers.get("origin")
-        return (origin is not None and "access-control-request-method" in request.headers
-                and self._origin_allowed(origin))
-
     def _preflight(self) -> Response:
-        response = Response(b"", status=204)
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
-        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
-            "access-control-request-headers", "content-type")
-        response.headers["Access-Control-Max-Age"] = "600"
-        return response
+        return Response(b"", status=204, headers=self.origins.preflight_headers(request.headers))
 
     async def _cors(self, response: Response) -> Response:
-        origin = request.headers.get("origin")
-        if origin is not None and self._origin_allowed(origin):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = (
-                "Server-Timing, X-Processing-Time-Ms, X-Request-ID, Location, Retry-After, "
-                "Preference-Applied")
-            response.headers["Timing-Allow-Origin"] = origin
+        cors = self.origins.reply_headers(request.headers)
+        if cors:
+            response.headers.update(cors)
             response.vary.add("Origin")
         return response
 
-    def _origin_allowed(self, origin: str) -> bool:
-        allowed = self.config.gateway.cors_origins
-        return "*" in allowed or origin in allowed
+    @property
+    def origins(self) -> OriginPolicy:
+        """The origin policy of the current config (HTTP's CORS and `/ws` handshakes)."""
+        origins = self.config.gateway.cors_origins
+        if self._origins is None or self._origins[0] is not origins:
+            self._origins = (origins, OriginPolicy(origins))
+        return self._origins[1]
 
 
 def create_app(config: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Quart:
@@ -368,14 +340,6 @@ def _incoming_headers() -> HeaderMap:
     if has_request_context():
         return request.headers
     return websocket.headers if has_websocket_context() else {}
-
-
-def request_id(headers: HeaderMap) -> str:
-    """The client's `X-Request-ID` if it is a sane token, else a fresh one."""
-    given = headers.get("x-request-id")
-    if given is not None and _REQUEST_ID.match(given):
-        return given
-    return uuid.uuid4().hex
 
 
 async def _body(target: Target) -> bytes:

@@ -34,6 +34,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from . import envelope
 from .errors import RequestError
+from .result import refusal, request_id
 
 MAX_REQUEST_DEPTH = 64  # levels of nested objects/arrays in a request body
 MAX_REPLY_DEPTH = 128  # ... in an upstream reply (the envelope adds a few levels on top)
@@ -141,21 +142,19 @@ class FramingGuard:
 
     async def _refuse(self, status: int, problem: str, scope: Scope,
                       send: ASGISendCallable) -> None:
-        from .app import request_id  # the app imports this module
-
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}  # type: ignore[typeddict-item]
-        body = envelope.dumps(envelope.body(
-            None, strategy=self.strategy(), records=(), complete=False, error=problem,
-            processing_ms=(time.perf_counter() - started) * 1000.0))
+        refused = refusal(status, problem, request_id=request_id(headers),
+                          strategy=self.strategy(), started=started)
+        body = envelope.dumps(refused.body)
         await send({
             "type": "http.response.start",
             "status": status,
             "headers": [(b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
                         (b"connection", b"close"),
-                        (b"x-request-id", request_id(headers).encode())],
+                        (b"x-request-id", refused.headers["X-Request-ID"].encode())],
             "trailers": False,
         })
         await send({"type": "http.response.body", "body": body, "more_body": False})

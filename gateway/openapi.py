@@ -33,6 +33,7 @@ from werkzeug.routing.rules import parse_converter_args
 from . import envelope
 from .config import STRATEGIES, Config
 from .plan import CallPlan, Plan
+from .result import REQUEST_ID_PATTERN
 from .routing import CodeView, Router, Target
 from .template import Ref
 
@@ -47,7 +48,6 @@ _CONVERTERS = Map().converters
 _RESERVED_HEADERS = frozenset({"accept", "content-type", "authorization"})
 _SCALAR = {"type": ["string", "number", "boolean"]}
 _NOT_NULL = {"not": {"type": "null"}}
-_REQUEST_ID = r"^[A-Za-z0-9._:-]{1,128}$"  # as app.request_id; any other value is replaced
 # What the gateway refuses with a 400, as patterns (ECMA 262 and Python alike): CR, LF or
 # NUL anywhere in a value or path; in a path value, a '.' or '..' between slashes.
 _NO_CONTROL = r"(?![\s\S]*[\r\n\x00])"  # no `$` here: Python's matches before a final \n
@@ -404,7 +404,7 @@ def _components() -> dict[str, Any]:
                           "schema": {"type": "string"},
                           "description": (
                               f"echoed back and forwarded to every upstream call if it "
-                              f"matches {_REQUEST_ID}; any other value is not refused "
+                              f"matches {REQUEST_ID_PATTERN}; any other value is not refused "
                               f"but replaced by a fresh id (32 hex digits)")},
         },
     }

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from .plan import Plan
 
 if TYPE_CHECKING:
-    from .app import Result
     from .context import RequestContext
+    from .result import Result
     from .routing import Target
 
 SIZE = 200  # requests kept per process

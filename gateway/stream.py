@@ -90,7 +90,7 @@ class Stream:
                      send: ASGISendCallable) -> None:
         headers = _handshake_headers(scope)
         origin = headers.get("origin")
-        if origin is not None and not self._origin_allowed(origin, headers):
+        if origin is not None and not self.gw.origins.allows_socket(origin, headers):
             await _refuse(scope, send, 403, "origin not allowed")
             return
         await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
@@ -109,13 +109,6 @@ class Stream:
         self.leaving = True
         for connection in self.connections:
             connection.leave()
-
-    def _origin_allowed(self, origin: str, headers: dict[str, str]) -> bool:
-        allowed = self.gw.config.gateway.cors_origins
-        if not allowed or "*" in allowed or origin in allowed:
-            return True
-        host = headers.get("host")  # same-origin pages are always allowed
-        return host is not None and urlsplit(origin).netloc == host
 
 
 class _Connection:

@@ -8,11 +8,11 @@ import pytest
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
 
 from gateway import Gateway
-from gateway.app import Result
 from gateway.config import load_config
 from gateway.context import RequestContext
 from gateway.plan import Plan, compile_plans
 from gateway.recent import SKIPPED, CallTiming, Recent, critical_path, make_entry
+from gateway.result import Result
 
 
 def timing(name: str, start: float, elapsed: float, *deps: str, ok: bool = True,

@@ -8,16 +8,15 @@ no-store`: a result may hold private data, and its id is the only key to it.
 from __future__ import annotations
 
 import importlib
-import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
 from .. import envelope
-from ..config import STRATEGIES
 from ..context import RequestContext
 from ..errors import ConfigError
+from ..result import refusal
 from .model import valid_job_id
 from .runner import Runner, capture
 from .store import REDIS_MISSING, JobsError, JobStore, Timing, open_store, redis_available
@@ -157,13 +156,9 @@ def _unavailable() -> Response:
 
 def _aggregate_error(gw: Gateway, ctx: RequestContext, status: int, message: str,
                      retry_after: int) -> Response:
-    strategy = ctx.strategy if ctx.strategy in STRATEGIES else gw.config.gateway.strategy
-    total = (time.perf_counter() - ctx.started) * 1000.0
-    body = envelope.body(None, strategy=strategy, records=[], processing_ms=total,
-                         complete=False, error=message)
-    headers = envelope.headers(ctx.request_id, [], total)
-    headers["Retry-After"] = str(retry_after)
-    return Response(envelope.dumps(body), status=status, headers=headers,
+    refused = refusal(status, message, request_id=ctx.request_id, strategy=ctx.strategy,
+                      started=ctx.started, extra={"Retry-After": str(retry_after)})
+    return Response(envelope.dumps(refused.body), status=status, headers=refused.headers,
                     content_type="application/json")
 
 

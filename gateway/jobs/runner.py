@@ -16,11 +16,11 @@ from urllib.parse import parse_qsl
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from .. import envelope
 from ..config import HOP_BY_HOP
 from ..context import HeaderMap, RequestContext
 from ..errors import RequestError
 from ..plan import Plan
+from ..result import refusal, strategy_of
 from .model import CRASHED, TOO_LARGE, JobRequest, Outcome, dump
 
 if TYPE_CHECKING:
@@ -100,13 +100,10 @@ class Runner:
 
 def _failure(gw: Gateway, job: JobRequest, headers: HeaderMap, status: int, message: str,
              started: float) -> Outcome:
-    strategy = (headers.get("x-gateway-strategy") or "").strip().lower()
-    if strategy not in ("parallel", "sequential"):
-        strategy = gw.config.gateway.strategy
-    body = envelope.body(None, strategy=strategy, records=[],
-                         processing_ms=(time.perf_counter() - started) * 1000.0,
-                         complete=False, error=message)
-    return Outcome(status, body)
+    refused = refusal(status, message, request_id=job.request_id,
+                      strategy=strategy_of(headers, gw.config.gateway.strategy),
+                      started=started)
+    return Outcome(status, refused.body)
 
 
 def _items(headers: HeaderMap) -> list[tuple[str, str]]:
