@@ -27,13 +27,13 @@ from .engine import OnCall, execute
 from .envelope import CallRecord
 from .errors import CallError, RequestError
 from .fan import Fan
+from .ingress import HTTP, Door, Ingress
 from .origin import OriginPolicy
 from .plan import Plan, compile_plans
 from .result import Result, refusal, request_id, result, strategy_of
 from .retry import start_deadline
 from .routing import CodeView, Router, Target
 from .runtime import Runtime
-from .template import Inputs
 
 log = logging.getLogger("gateway")
 
@@ -61,6 +61,7 @@ class Gateway:
                  import_name: str = "gateway") -> None:
         self.config = load_config(config)
         self.router = Router(compile_plans(self.config))
+        self.ingress = Ingress(self)
         self.runtime: Runtime | None = None
         self._origins: tuple[object, OriginPolicy] | None = None
         self.app = Quart(import_name)
@@ -102,15 +103,8 @@ class Gateway:
                 query: Mapping[str, str], headers: HeaderMap, body: bytes,
                 started: float | None = None) -> RequestContext:
         """Check and parse what a request brings; raises `RequestError` for bad input."""
-        started = time.perf_counter() if started is None else started
-        strategy = self._strategy(target, headers.get("x-gateway-strategy"))
-        parsed = _parse_json(body) if body and _wants_body(target) else None
-        ctx = RequestContext(request_id=request_id(headers), method=method, path=path,
-                             params=params, query=query, headers=headers, body=parsed,
-                             strategy=strategy, started=started)
-        if isinstance(target, Plan):
-            target.check_request(Inputs(params, query, headers, parsed, {}))
-        return ctx
+        return self.ingress.context(target, params, method=method, path=path, query=query,
+                                    headers=headers, body=body, started=started)
 
     def going_away(self) -> None:
         """Shutdown has begun (the worker says so, serving.py): `/ws` sockets close with 1001."""
@@ -178,14 +172,6 @@ class Gateway:
                       started=ctx.started, records=records, error=error, extra=extra,
                       complete=complete)
 
-    def _strategy(self, target: Target, header: str | None) -> str:
-        if header is not None:
-            value = header.strip().lower()
-            if value not in STRATEGIES:
-                raise RequestError("X-Gateway-Strategy must be 'parallel' or 'sequential'")
-            return value
-        return target.strategy or self.config.gateway.strategy
-
     def _runtime(self) -> Runtime:
         if self.runtime is None:
             raise RuntimeError("the gateway is not serving (no runtime); start the app first")
@@ -238,35 +224,28 @@ class Gateway:
         headers = request.headers
         if self.origins.is_preflight(request.method, headers):
             return self._preflight()
+        door = Door(HTTP, request.method, request.path, request.args, headers, read=_body,
+                    started=started)
         try:
-            target, params = self.router.match(request.path, request.method)
+            target, ctx, body = await self.ingress.admit(door)
         except RequestError as error:
-            if error.status in (404, 405):
+            if door.target is None and error.status in (404, 405):
                 return self._unrouted(started)
-            return self._error(error.status, str(error), headers, started)
-        g.gateway_target = target  # the route template labels the request's metrics
-        try:
-            body = await _body(target)
-            ctx = self.context(target, params, method=request.method, path=request.path,
-                               query=request.args, headers=headers, body=body,
-                               started=started)
-        except RequestError as error:
-            return self._error(error.status, str(error), headers, started)
+            return _respond(self.ingress.refusal(door, error))
+        finally:
+            if door.target is not None:  # the route template labels the request's metrics
+                g.gateway_target = door.target
         if "prefer" in headers:  # `Prefer: respond-async`: 202 now, the work as a job
             accepted = await jobs.respond_async(self, target, ctx, body)
             if accepted is not None:
                 return accepted
-        result = await self.run(target, ctx)
-        return Response(envelope.dumps(result.body), status=result.status,
-                        headers=result.headers, content_type="application/json")
+        return _respond(await self.run(target, ctx))
 
     def _error(self, status: int, message: str, headers: HeaderMap,
                started: float) -> Response:
-        refused = refusal(status, message, request_id=request_id(headers),
-                          strategy=strategy_of(headers, self.config.gateway.strategy),
-                          started=started)
-        return Response(envelope.dumps(refused.body), status=status, headers=refused.headers,
-                        content_type="application/json")
+        return _respond(refusal(status, message, request_id=request_id(headers),
+                                strategy=strategy_of(headers, self.config.gateway.strategy),
+                                started=started))
 
     def _unrouted(self, started: float) -> Response:
         """No route serves this method here: 404, or 405 with `Allow`, or `OPTIONS`' 204."""
@@ -342,23 +321,15 @@ def _incoming_headers() -> HeaderMap:
     return websocket.headers if has_websocket_context() else {}
 
 
-async def _body(target: Target) -> bytes:
-    if not _wants_body(target):
-        return b""
+async def _body(_target: Target) -> bytes:
+    """The request's body, read only once routing says the endpoint wants one."""
     data = await request.get_data(cache=False, as_text=False)
     return data if isinstance(data, bytes) else data.encode()
 
 
-def _wants_body(target: Target) -> bool:
-    return target.needs_body if isinstance(target, Plan) else True
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return guard.bounded_body(orjson.loads(body), body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"request body is not valid JSON: {str(exc).splitlines()[0]}"
-                           ) from None
+def _respond(result: Result) -> Response:
+    return Response(envelope.dumps(result.body), status=result.status, headers=result.headers,
+                    content_type="application/json")
 
 
 def _json(obj: Any, status: int) -> Response:

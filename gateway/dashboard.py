@@ -28,6 +28,7 @@ from . import envelope
 from .config import STRATEGIES, route_params
 from .context import HeaderMap
 from .errors import RequestError
+from .ingress import RUN, Door
 from .plan import CallPlan, Plan
 from .recent import make_entry
 from .routing import CodeView, Target
@@ -189,10 +190,9 @@ async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, 
         headers["x-gateway-strategy"] = strategy
     url = urlsplit(path)
     route_path, method = unquote(url.path), method.upper()
-    target, params = gw.router.match(route_path, method)
-    ctx = gw.context(target, params, method=method, path=route_path,
-                     query=MultiDict(parse_qsl(url.query, keep_blank_values=True)),
-                     headers=headers, body=b"" if body is None else envelope.dumps(body))
+    door = Door(RUN, method, route_path, MultiDict(parse_qsl(url.query, keep_blank_values=True)),
+                headers, body=b"" if body is None else envelope.dumps(body))
+    target, ctx, _ = await gw.ingress.admit(door)
     ctx.cache = cache
     result = await gw.run(target, ctx)
     entry = make_entry(0, target, ctx, result)

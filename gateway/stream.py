@@ -44,10 +44,12 @@ from . import envelope, guard
 from .config import HEADER_NAME_RE, STRATEGIES, WebsocketSettings
 from .envelope import CallRecord
 from .errors import RequestError
+from .ingress import HANDSHAKE, SOCKET, Door
 
 if TYPE_CHECKING:
     from .app import Gateway
     from .context import RequestContext
+    from .result import Result
     from .routing import Target
 
 log = logging.getLogger("gateway.stream")
@@ -89,9 +91,11 @@ class Stream:
     async def _serve(self, scope: WebsocketScope, receive: ASGIReceiveCallable,
                      send: ASGISendCallable) -> None:
         headers = _handshake_headers(scope)
-        origin = headers.get("origin")
-        if origin is not None and not self.gw.origins.allows_socket(origin, headers):
-            await _refuse(scope, send, 403, "origin not allowed")
+        door = Door(HANDSHAKE, "GET", _path(scope), {}, headers)
+        try:
+            await self.gw.ingress.handshake(door)
+        except RequestError as error:  # e.g. a browser origin outside cors_origins: 403
+            await _refuse(scope, send, self.gw.ingress.refusal(door, error))
             return
         await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
         connection = _Connection(self.gw, self.gw.config.websocket, headers, receive, send)
@@ -174,7 +178,7 @@ class _Connection:
             if size > self.limits.max_message_bytes:
                 return 1009, f"message over {self.limits.max_message_bytes} bytes"
             try:
-                rid, coro = self._start(raw)
+                rid, coro = await self._start(raw)
             except ProtocolError as error:
                 await self._send({"type": "error", "id": error.request_id, "error": str(error)})
                 continue
@@ -188,7 +192,7 @@ class _Connection:
         if self.in_flight.get(rid) is (task or asyncio.current_task()):
             del self.in_flight[rid]
 
-    def _start(self, raw: str | bytes) -> tuple[Any, Coroutine[Any, Any, None]]:
+    async def _start(self, raw: str | bytes) -> tuple[Any, Coroutine[Any, Any, None]]:
         """Check one message and prepare its request; raises `ProtocolError` if unusable."""
         try:
             message = orjson.loads(raw)
@@ -208,12 +212,12 @@ class _Connection:
                 f"too many requests in flight on this socket (max {self.limits.max_in_flight})",
                 rid)
         try:
-            target, ctx = self._prepare(message)
+            target, ctx = await self._prepare(message)
         except RequestError as error:
             raise ProtocolError(str(error), rid) from None
         return rid, self._request(rid, target, ctx)
 
-    def _prepare(self, message: dict[str, Any]) -> tuple[Target, RequestContext]:
+    async def _prepare(self, message: dict[str, Any]) -> tuple[Target, RequestContext]:
         rid = message["id"]
         path = message.get("path")
         if not isinstance(path, str) or not path.startswith("/"):
@@ -231,9 +235,8 @@ class _Connection:
                 else envelope.dumps(guard.bounded_body(message["body"])))
         url = urlsplit(path)
         query = MultiDict(parse_qsl(url.query, keep_blank_values=True))
-        target, params = self.gw.router.match(unquote(url.path), method.upper())
-        ctx = self.gw.context(target, params, method=method.upper(), path=unquote(url.path),
-                              query=query, headers=headers, body=body)
+        door = Door(SOCKET, method.upper(), unquote(url.path), query, headers, body=body)
+        target, ctx, _ = await self.gw.ingress.admit(door)
         return target, ctx
 
     def _headers(self, given: Any, rid: Any) -> dict[str, str]:
@@ -312,15 +315,18 @@ def _handshake_headers(scope: WebsocketScope) -> dict[str, str]:
     return headers
 
 
-async def _refuse(scope: WebsocketScope, send: ASGISendCallable, status: int, text: str) -> None:
-    """Refuse a handshake with an HTTP response (or a bare close where that is unsupported)."""
+async def _refuse(scope: WebsocketScope, send: ASGISendCallable, refused: Result) -> None:
+    """Refuse a handshake with the envelope (or a bare close where that is unsupported)."""
     if "websocket.http.response" not in (scope.get("extensions") or {}):
-        await send({"type": "websocket.close", "code": 1008, "reason": text})
+        await send({"type": "websocket.close", "code": 1008,
+                    "reason": refused.body.get("error", "")})
         return
-    body = text.encode()
-    await send({"type": "websocket.http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+    body = envelope.dumps(refused.body)
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+               for k, v in refused.headers.items()]
+    await send({"type": "websocket.http.response.start", "status": refused.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
 
 

@@ -19,8 +19,8 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 from ..config import HOP_BY_HOP
 from ..context import HeaderMap, RequestContext
 from ..errors import RequestError
+from ..ingress import JOB, Door
 from ..plan import Plan
-from ..result import refusal, strategy_of
 from .model import CRASHED, TOO_LARGE, JobRequest, Outcome, dump
 
 if TYPE_CHECKING:
@@ -64,15 +64,16 @@ class Runner:
         gw = self._gw
         started = time.perf_counter()
         headers = Headers([*job.headers, ("x-request-id", job.request_id)])
+        query = ImmutableMultiDict(parse_qsl(
+            job.query.encode("latin-1").decode(errors="replace"), keep_blank_values=True,
+            errors="werkzeug.url_quote"))
+        # Checked when it was submitted; replayed here under the identity it had then.
+        door = Door(JOB, job.method, job.path, query, headers, body=job.body, started=started)
         try:
-            target, params = gw.router.match(job.path, job.method)
-            query = ImmutableMultiDict(parse_qsl(
-                job.query.encode("latin-1").decode(errors="replace"), keep_blank_values=True,
-                errors="werkzeug.url_quote"))
-            ctx = gw.context(target, params, method=job.method, path=job.path, query=query,
-                             headers=headers, body=job.body, started=started)
+            target, ctx, _ = await gw.ingress.admit(door)
         except RequestError as error:  # e.g. the route went away in a config reload
-            return self._counted(_failure(gw, job, headers, error.status, str(error), started))
+            refused = gw.ingress.refusal(door, error)
+            return self._counted(Outcome(refused.status, refused.body))
         self._count("running")
         try:
             result = await gw.run(target, ctx)
@@ -96,14 +97,6 @@ class Runner:
         runtime = self._gw.runtime
         if runtime is not None:
             runtime.metrics.job(state)
-
-
-def _failure(gw: Gateway, job: JobRequest, headers: HeaderMap, status: int, message: str,
-             started: float) -> Outcome:
-    refused = refusal(status, message, request_id=job.request_id,
-                      strategy=strategy_of(headers, gw.config.gateway.strategy),
-                      started=started)
-    return Outcome(status, refused.body)
 
 
 def _items(headers: HeaderMap) -> list[tuple[str, str]]:
