@@ -6,7 +6,6 @@ upstream, and comes back here to become an envelope.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
@@ -20,18 +19,27 @@ from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing.exceptions import WebsocketMismatch
 
-from . import dashboard, envelope, guard, health, jobs, logs, methods, openapi, reload, stream
+from . import (
+    dashboard,
+    envelope,
+    guard,
+    health,
+    jobs,
+    logs,
+    methods,
+    openapi,
+    reload,
+    runner,
+    stream,
+)
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
-from .engine import OnCall, execute
-from .envelope import CallRecord
-from .errors import CallError, RequestError
-from .fan import Fan
+from .errors import RequestError
 from .ingress import HTTP, Door, Ingress
+from .lifecycle import OnCall
 from .origin import OriginPolicy
-from .plan import Plan, compile_plans
-from .result import Result, refusal, request_id, result, strategy_of
-from .retry import start_deadline
+from .plan import compile_plans
+from .result import Result, refusal, request_id, strategy_of
 from .routing import CodeView, Router, Target
 from .runtime import Runtime
 
@@ -92,10 +100,7 @@ class Gateway:
                   on_call: OnCall | None = None) -> Result:
         """Run one matched endpoint for a prepared request; never raises for call failures."""
         runtime = self._runtime()
-        if isinstance(target, Plan):
-            result = await self._run_plan(target, ctx, runtime, on_call)
-        else:
-            result = await self._run_view(target, ctx, runtime, on_call)
+        result = await runner.run(target, ctx, runtime.upstreams, self.config.gateway, on_call)
         runtime.recent.add(target, ctx, result)  # the dashboard's ring: a few scalars per call
         return result
 
@@ -109,68 +114,6 @@ class Gateway:
     def going_away(self) -> None:
         """Shutdown has begun (the worker says so, serving.py): `/ws` sockets close with 1001."""
         self.stream.going_away()
-
-    # -- running ------------------------------------------------------------------------------
-
-    async def _run_plan(self, plan: Plan, ctx: RequestContext, runtime: Runtime,
-                        on_call: OnCall | None) -> Result:
-        deadline = plan.deadline or self.config.gateway.deadline
-        outcome = await execute(plan, ctx, runtime.upstreams, deadline=deadline,
-                                on_call=on_call)
-        records = list(outcome.records.values())
-        if not outcome.ok:
-            return self._result(ctx, outcome.status, None, records, outcome.error,
-                                outcome.extra_headers)
-        data: Any = {c.name: outcome.results.get(c.name) for c in plan.calls}
-        if plan.combine is not None:
-            # The hook shares the request's deadline: a hanging hook is a 504, not a hang.
-            try:
-                async with asyncio.timeout(ctx.remaining(deadline)):
-                    if plan.combine_is_async:
-                        data = await plan.combine(data, ctx)
-                    else:  # a sync hook runs in a thread so it can never stall the loop
-                        data = await asyncio.to_thread(plan.combine, data, ctx)
-            except TimeoutError:
-                return self._result(ctx, 504, None, records,
-                                    f"deadline of {deadline:g}s passed in the combine hook")
-            except Exception:
-                log.exception("combine hook failed (request id %s)", ctx.request_id)
-                return self._result(ctx, 500, None, records,
-                                    f"the endpoint's combine hook failed "
-                                    f"(request id {ctx.request_id})")
-        return self._result(ctx, 200, data, records, complete=outcome.complete)
-
-    async def _run_view(self, view: CodeView, ctx: RequestContext, runtime: Runtime,
-                        on_call: OnCall | None) -> Result:
-        fan = Fan(ctx, runtime.upstreams, on_call, route=f"{ctx.method} {view.route}")
-        deadline = view.deadline or self.config.gateway.deadline
-        left = ctx.remaining(deadline)  # the budget counts from the request's arrival
-        start_deadline(left)
-        try:
-            async with asyncio.timeout(left):
-                data = await view(fan, dict(ctx.params))
-        except CallError as error:
-            status, extra = envelope.failure_status(error)
-            return self._result(ctx, status, None, list(fan.records.values()), str(error), extra)
-        except TimeoutError:
-            return self._result(ctx, 504, None, list(fan.records.values()),
-                                f"deadline of {deadline:g}s passed")
-        except RequestError as error:
-            return self._result(ctx, error.status, None, list(fan.records.values()), str(error))
-        except Exception:
-            log.exception("view %s failed (request id %s)", view.func.__name__, ctx.request_id)
-            return self._result(ctx, 500, None, list(fan.records.values()),
-                                f"the endpoint failed (request id {ctx.request_id})")
-        fan.settle()
-        records = list(fan.records.values())
-        return self._result(ctx, 200, data, records, complete=all(r.ok for r in records))
-
-    def _result(self, ctx: RequestContext, status: int, data: Any, records: list[CallRecord],
-                error: str | None = None, extra: Mapping[str, str] | None = None,
-                complete: bool = False) -> Result:
-        return result(status, data, request_id=ctx.request_id, strategy=ctx.strategy,
-                      started=ctx.started, records=records, error=error, extra=extra,
-                      complete=complete)
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:

@@ -10,20 +10,18 @@ plan's order, to measure what parallelism saves.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .context import RequestContext
 from .envelope import CallRecord, dumps, failure_status
 from .errors import CallError, UpstreamUnavailable
+from .lifecycle import OnCall, timed_call, within
 from .plan import CallPlan, Plan
-from .retry import counting, start_deadline
 from .template import Inputs
 from .upstream import Reply, Upstream
-
-OnCall = Callable[[CallRecord, Any], None]
 
 
 class _RequiredFailed(Exception):
@@ -60,10 +58,8 @@ async def execute(
     """Run every call of `plan` for one request; never raises a `CallError`."""
     run = _Run(plan, ctx, upstreams, on_call)
     deadline_passed = False
-    left = ctx.remaining(deadline)  # the budget counts from the request's arrival
-    start_deadline(left)  # retries never start what the deadline would cut short
     try:
-        async with asyncio.timeout(left):
+        async with within(ctx, deadline):
             if ctx.strategy == "sequential":
                 await run.sequential()
             else:
@@ -117,24 +113,15 @@ class _Run:
             task = self.tasks.get(dep)
             if task is not None:
                 await task
-        started = time.perf_counter()
-        record.start_ms = (started - self.ctx.started) * 1000.0
         try:
-            with counting(call.label) as tally:
-                reply = await self._send(call)
+            reply = await timed_call(record, self.ctx, call.label, partial(self._send, call))
         except CallError as error:
-            record.finish_failed(error, (time.perf_counter() - started) * 1000.0)
             if not call.optional:
                 self.failed = (call.name, error)
                 self._notify(record, None)
                 raise _RequiredFailed from error
             result = raw = call.default
-        except asyncio.CancelledError:  # cut off: the deadline, or a required sibling failed
-            record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.attempts = tally.attempts
-            raise
         else:
-            record.finish_ok(reply, (time.perf_counter() - started) * 1000.0)
             raw = reply.data
             result = call.shape(raw)
         self.replies[call.name] = raw

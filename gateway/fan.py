@@ -11,20 +11,18 @@ config call that was skipped: `{"skipped": true, "ok": true}`.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from .context import RequestContext
 from .envelope import CallRecord, dumps
 from .errors import CallError, RequestError
-from .retry import counting
+from .lifecycle import OnCall, timed_call
 from .template import path_value_problem
 from .upstream import Upstream
-
-OnCall = Callable[[CallRecord, Any], None]
 
 
 @dataclass(slots=True)
@@ -120,25 +118,18 @@ class Fan:
                                                                quote_via=quote)
         body = None if call.json is None else dumps(call.json)
         headers = upstream.outgoing_headers(self.ctx.headers, self.ctx.request_id)
-        started = time.perf_counter()
-        record.start_ms = (started - self.ctx.started) * 1000.0
         label = f"{'optional ' if call.optional else ''}call '{call.name}' of {self._route}"
         try:
-            with counting(label) as tally:
-                reply = await upstream.call(call.method, url, headers, body,
-                                            cache=self.ctx.cache)
-        except CallError as error:
-            record.finish_failed(error, (time.perf_counter() - started) * 1000.0)
+            reply = await timed_call(record, self.ctx, label, partial(
+                upstream.call, call.method, url, headers, body, cache=self.ctx.cache))
+        except CallError:
             self._notify(record, None)
             if not call.optional:
                 raise
             return call.default
         except asyncio.CancelledError:  # cut off: the deadline, or a required sibling failed
-            record.elapsed_ms = (time.perf_counter() - started) * 1000.0
-            record.attempts = tally.attempts
             record.error = "canceled"
             raise
-        record.finish_ok(reply, (time.perf_counter() - started) * 1000.0)
         self._notify(record, reply.data)
         return reply.data
 
