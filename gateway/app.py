@@ -99,7 +99,7 @@ class Gateway:
     async def run(self, target: Target, ctx: RequestContext,
                   on_call: OnCall | None = None) -> Result:
         """Run one matched endpoint for a prepared request; never raises for call failures."""
-        runtime = self._runtime()
+        runtime = self.current_runtime()
         result = await runner.run(target, ctx, runtime.upstreams, self.config.gateway, on_call)
         runtime.recent.add(target, ctx, result)  # the dashboard's ring: a few scalars per call
         return result
@@ -115,7 +115,14 @@ class Gateway:
         """Shutdown has begun (the worker says so, serving.py): `/ws` sockets close with 1001."""
         self.stream.going_away()
 
-    def _runtime(self) -> Runtime:
+    def swap_config(self, config: Config, router: Router) -> None:
+        """Serve `config` from now on (a reload; the runtime has switched its upstreams)."""
+        self.config = config
+        self.router = router
+        self.app.config["MAX_CONTENT_LENGTH"] = config.gateway.max_request_bytes
+
+    def current_runtime(self) -> Runtime:
+        """The runtime while the app serves; `RuntimeError` before start or after stop."""
         if self.runtime is None:
             raise RuntimeError("the gateway is not serving (no runtime); start the app first")
         return self.runtime

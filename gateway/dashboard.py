@@ -88,7 +88,7 @@ def register(gw: Gateway) -> None:
     async def recent() -> Response:
         after = _int_arg("after", 0)
         limit = min(_int_arg("limit", MAX_RECENT), MAX_RECENT)
-        ring = gw._runtime().recent
+        ring = gw.current_runtime().recent
         # Each worker process has its own ring; `process` lets the page notice a switch.
         return _json({"entries": [e.to_json() for e in ring.since(after, limit)],
                       "last": ring.last_seq, "process": os.getpid()})

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from quart import Response, g, request
 
 from .breaker import OPEN
-from .config import Config
 from .envelope import dumps
 from .jobs import publish_counts
 from .logs import ROUTE_SCOPE_KEY
@@ -27,11 +26,6 @@ if TYPE_CHECKING:
 
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _AGGREGATE_ENDPOINTS = frozenset({"aggregate", "aggregate_root"})
-
-
-def required_upstreams(config: Config) -> frozenset[str]:
-    return frozenset(call.upstream for endpoint in config.endpoints
-                     for call in endpoint.calls if not call.optional)
 
 
 def readiness(runtime: Runtime | None) -> tuple[bool, dict[str, Any]]:

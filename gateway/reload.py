@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from .config import Config, load_config
 from .errors import ConfigError
-from .health import required_upstreams
 from .plan import Plan, compile_plans
 from .routing import Router
+from .runtime import required_upstreams
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -77,9 +77,7 @@ class Reloader:
                 return False
             _switch(runtime, config, upstreams)
             runtime.metrics.reloads.labels("ok").inc()
-        gw.config = config
-        gw.router = router
-        gw.app.config["MAX_CONTENT_LENGTH"] = config.gateway.max_request_bytes
+        gw.swap_config(config, router)
         if kept:
             log.warning("config reloaded from %s, but %s need a restart to change",
                         source, ", ".join(kept))

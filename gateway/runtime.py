@@ -7,7 +7,6 @@ import asyncio
 from . import allocator
 from .budget import MemoryBudget
 from .config import Config, UpstreamConfig
-from .health import required_upstreams
 from .jobs.store import JobStore
 from .metrics import Metrics
 from .reader import INFLATING
@@ -15,6 +14,12 @@ from .recent import Recent
 from .upstream import Upstream
 
 TRIM_AFTER_QUIET = 1.0  # seconds without an upstream body read before freed heap is returned
+
+
+def required_upstreams(config: Config) -> frozenset[str]:
+    """Upstreams some endpoint cannot answer without: `/readyz` watches their breakers."""
+    return frozenset(call.upstream for endpoint in config.endpoints
+                     for call in endpoint.calls if not call.optional)
 
 
 class Runtime:

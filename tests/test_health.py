@@ -8,7 +8,8 @@ from typing import Any
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
 
 from gateway.config import load_config
-from gateway.health import readiness, required_upstreams
+from gateway.health import readiness
+from gateway.runtime import required_upstreams
 
 
 async def readyz(client: Any) -> tuple[int, dict[str, Any]]:
