@@ -1,7 +1,9 @@
-"""The Quart app: routes, lifecycle, request parsing and the response; kept thin.
+"""The Quart app: routes, lifecycle and the HTTP response; thin wiring.
 
-A request walks app -> routing -> plan/engine (or fan, for code views) ->
-upstream, and comes back here to become an envelope.
+A request walks down once: app (a `Door` for the request) -> ingress (route,
+checks, context) -> runner (deadline, error -> status) -> engine or fan ->
+upstream, and its `Result` (the envelope, built by `result.py`) goes back out
+through app. `/ws`, the dashboard's run API and jobs enter at the ingress too.
 """
 
 from __future__ import annotations
