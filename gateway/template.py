@@ -2,7 +2,8 @@
 
 `{user_id}` is a route parameter, `{query.NAME}`, `{header.NAME}` and
 `{body.FIELD}` come from the incoming request (`{body}` is the whole body),
-`{CALL.FIELD.SUB}` from another call's reply (`{CALL}` the whole reply). Values
+`{CALL.FIELD.SUB}` from another call's reply (`{CALL}` the whole reply), `{jwt.CLAIM}`
+from the caller's verified token and `{client}` is the client key the limits use. Values
 substituted into a URL are percent-encoded as one path segment or query value,
 so nothing a client or an upstream sends can change which upstream path or host
 is called.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 from uuid import UUID
@@ -24,8 +25,8 @@ from uuid import UUID
 from .context import HeaderMap
 from .errors import CallInputError, RequestError
 
-Source = Literal["param", "query", "header", "body", "call"]
-REQUEST_SOURCES = ("query", "header", "body")
+Source = Literal["param", "query", "header", "body", "call", "jwt", "client"]
+REQUEST_SOURCES = ("query", "header", "body", "jwt")
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -110,6 +111,8 @@ def _ref(inner: str, params: tuple[str, ...], calls: tuple[str, ...]) -> Ref:
             raise TemplateSyntaxError(f"'{text}' needs a name, like {{{head}.NAME}}")
         name = segs[1].lower() if head == "header" else segs[1]
         return Ref(head, name, segs[2:], text, fallback, omit)  # type: ignore[arg-type]
+    if head == "client" and len(segs) == 1 and head not in params:
+        return Ref("client", "", (), text, fallback, omit)
     if head in params:
         if len(segs) > 1:
             raise TemplateSyntaxError(f"'{text}': route parameter '{head}' has no fields")
@@ -155,6 +158,8 @@ class Inputs:
     headers: HeaderMap
     body: Any
     results: Mapping[str, Any]
+    claims: Mapping[str, Any] = field(default_factory=dict)  # the verified token's, for {jwt.CLAIM}
+    client: str | None = None  # the limits' client key, for {client}
 
 
 _MISSING: Any = object()
@@ -172,6 +177,10 @@ def find(ref: Ref, inputs: Inputs) -> Any:
         value = inputs.headers.get(ref.name, _MISSING)
     elif ref.source == "body":
         value = _dig(inputs.body, (ref.name,)) if ref.name else inputs.body
+    elif ref.source == "jwt":
+        value = inputs.claims.get(ref.name, _MISSING)
+    elif ref.source == "client":
+        value = _MISSING if inputs.client is None else inputs.client
     else:
         value = inputs.results.get(ref.name, _MISSING)
     if ref.path and value is not _MISSING:
@@ -196,10 +205,12 @@ def missing(ref: Ref, call: str) -> RequestError | CallInputError:
         "header": "header",
         "body": "body field",
         "call": "reply field",
+        "jwt": "token claim",
+        "client": "client key",
     }[ref.source]
     if ref.source == "body" and not ref.name:
         return RequestError(f"missing JSON body (needed by call '{call}')")
-    shown = ref.text[1:-1] if ref.source in ("body", "call") else ref.name
+    shown = ref.text[1:-1] if ref.source in ("body", "call", "jwt", "client") else ref.name
     if ref.from_request or ref.source == "param":
         return RequestError(f"missing {what} '{shown}' (needed by call '{call}')")
     return CallInputError(f"call '{call}': {what} '{shown}' is missing")

@@ -103,7 +103,7 @@ def check_placeholders(c: Checker, p: str, route: str, calls: list[CallConfig],
     params = _lenient_params(route) if lenient else route_params(route)
     names = tuple(call.name for call in calls)
     for name in params:
-        if name in ("query", "header", "body"):
+        if name in ("query", "header", "body", "jwt"):
             c.fail(f"{p}.route", f"route parameter '{name}' clashes with the {{{name}.NAME}} "
                                  "placeholders; rename it")
     deps: dict[str, set[str]] = {}

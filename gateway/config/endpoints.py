@@ -6,17 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .auth import ENDPOINT_KEYS, AuthSettings, parse_access
 from .checker import NAME_RE, Checker, one_of
-from .checks import check_placeholders, combine_problem, path_problem, route_problem
+from .checks import call_templates, check_placeholders, combine_problem, path_problem, route_problem
 from .model import METHODS, STRATEGIES, CallConfig, EndpointConfig, UpstreamConfig
 
 
 def parse_endpoint(c: Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamConfig],
-                   declared: set[str]) -> EndpointConfig | None:
+                   declared: set[str], auth: AuthSettings) -> EndpointConfig | None:
     """`declared`: every upstream name in the file, also those refused, so that a call
     to a broken upstream is not reported as calling an unknown one too."""
     raw = c.table(raw, p)
-    c.unknown(raw, p, {"route", "method", "calls", "combine", "strategy", "deadline"})
+    c.unknown(raw, p, {"route", "method", "calls", "combine", "strategy", "deadline",
+                       *ENDPOINT_KEYS})
     if "route" not in raw:
         c.fail(f"{p}.route", "is required")
     route = c.string(raw, p, "route", "", route_problem)
@@ -45,8 +47,11 @@ def parse_endpoint(c: Checker, p: str, raw: Any, upstreams: Mapping[str, Upstrea
     raw_route = raw.get("route")
     if isinstance(raw_route, str) and raw_route:
         check_placeholders(c, p, raw_route, calls, lenient=route != raw_route)
+    access = parse_access(c.fail, p, raw, auth,
+                          [t for call in calls for _, t in call_templates(call)])
     return EndpointConfig(route=route, method=method, calls=tuple(calls), combine=combine,
-                          strategy=strategy, deadline=None if deadline < 0 else deadline)
+                          strategy=strategy, deadline=None if deadline < 0 else deadline,
+                          access=access)
 
 
 def parse_call(c: Checker, p: str, raw: Any, upstreams: Mapping[str, UpstreamConfig],

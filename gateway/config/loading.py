@@ -12,13 +12,14 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hooks import hook_folder
+from .auth import parse_auth, parse_limits
 from .checker import Checker
 from .endpoints import parse_endpoint
 from .model import Config, EndpointConfig, UpstreamConfig
 from .sections import parse_gateway, parse_jobs, parse_upstream, parse_websocket
 
 # The top-level tables; a key outside it is "unknown" (with a did-you-mean).
-TOP_LEVEL = {"gateway", "jobs", "websocket", "upstreams", "endpoints"}
+TOP_LEVEL = {"gateway", "jobs", "websocket", "upstreams", "endpoints", "auth", "limits"}
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | Config,
@@ -53,6 +54,8 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
     settings = parse_gateway(c, c.table(top.get("gateway", {}), "gateway"))
     jobs = parse_jobs(c, c.table(top.get("jobs", {}), "jobs"))
     websocket = parse_websocket(c, c.table(top.get("websocket", {}), "websocket"))
+    auth = parse_auth(c.fail, top.get("auth", {}), c.expand)
+    limits = parse_limits(c.fail, top.get("limits", {}))
     upstreams: dict[str, UpstreamConfig] = {}
     upstreams_raw = c.table(top.get("upstreams", {}), "upstreams")
     for name, up_raw in upstreams_raw.items():
@@ -67,7 +70,7 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
     seen_routes: dict[tuple[str, str], int] = {}
     declared = set(upstreams_raw)
     for i, ep_raw in enumerate(endpoints_raw):
-        ep = parse_endpoint(c, f"endpoints[{i}]", ep_raw, upstreams, declared)
+        ep = parse_endpoint(c, f"endpoints[{i}]", ep_raw, upstreams, declared, auth)
         if ep is None:
             continue
         key = (ep.route, ep.method)
@@ -78,4 +81,5 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
         endpoints.append(ep)
     if c.problems:
         raise ConfigError(c.problems)
-    return Config(settings, jobs, upstreams, tuple(endpoints), source, websocket=websocket)
+    return Config(settings, jobs, upstreams, tuple(endpoints), source, websocket=websocket,
+                  auth=auth, limits=limits)

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .auth import AuthSettings, EndpointAccess, LimitsSettings
+
 STRATEGIES = ("parallel", "sequential")
 LOG_FORMATS = ("text", "json")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -84,6 +86,7 @@ class EndpointConfig:
     combine: str | None = None
     strategy: str | None = None  # None = the gateway's
     deadline: float | None = None  # None = the gateway's
+    access: EndpointAccess = field(default_factory=EndpointAccess)  # auth.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +133,5 @@ class Config:
     endpoints: tuple[EndpointConfig, ...] = ()
     source: str | None = None  # the file it came from, for messages
     websocket: WebsocketSettings = field(default_factory=WebsocketSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
