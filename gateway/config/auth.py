@@ -2,8 +2,9 @@
 
 Parsed apart from the other sections: `loading.py` and `endpoints.py` call these with the
 checker's `fail(path, reason)` and its `${VAR}` expansion, so every problem still carries
-its key path and all are reported at once. A key source (`jwks_url`, `jwks_file`, `secret`, `api_keys`) turns authentication
-on; without one, `auth.required` and an endpoint's `auth = true` are config errors.
+its key path and all are reported at once. A key source (`jwks_url`, `jwks_file`,
+`secret`, `api_keys`) turns authentication on; without one, `auth.required` and an
+endpoint's `auth = true` are config errors.
 """
 
 from __future__ import annotations
