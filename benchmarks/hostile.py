@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -157,6 +158,10 @@ def main() -> int:
         except BenchError as exc:
             results = f"failed: {exc.summary}"
             print(exc, file=sys.stderr)
+        except Exception as exc:  # one broken flood must not hide the others' figures
+            first = (str(exc).splitlines() or [""])[0]
+            results = f"failed: {type(exc).__name__}: {first}"
+            traceback.print_exc()
         if isinstance(results, str):
             print(f"== {name}: {results}", flush=True)
             rows.append((name, results))
