@@ -19,9 +19,6 @@ from gateway.bench import (
     BenchReport,
     GatewayStartError,
     StrategyStats,
-    _Sample,
-    _spawned,
-    _summarise,
     bench_url,
     configure_parser,
     critical_path_ms,
@@ -30,6 +27,8 @@ from gateway.bench import (
     percentile,
     run,
 )
+from gateway.bench.spawn import spawned
+from gateway.bench.stats import Sample, summarise
 
 # the fake's sequential answer is 3x slower, as if its three calls ran one by one
 DELAY = {"parallel": 0.02, "sequential": 0.06}  # far apart: robust on a busy machine
@@ -244,9 +243,9 @@ async def test_bench_keeps_the_envelopes_error_line_of_failed_requests(gateway_u
 
 def test_bench_reasons_are_bounded() -> None:
     """Distinct error lines beyond MAX_REASONS are counted together, not each kept."""
-    samples = [_Sample(1.0, "HTTP 502", None, f"upstream 'u{i}' is unreachable")
+    samples = [Sample(1.0, "HTTP 502", None, f"upstream 'u{i}' is unreachable")
                for i in range(MAX_REASONS + 5)]
-    stats = _summarise(samples, 1.0)
+    stats = summarise(samples, 1.0)
     assert len(stats.reasons) == MAX_REASONS + 1
     assert stats.reasons["HTTP 502: other reasons"] == 5
     assert stats.failures == {"HTTP 502": MAX_REASONS + 5}
@@ -311,7 +310,7 @@ async def test_spawned_enters_once_healthy_and_stops_the_process() -> None:
     port = _port()
     url = f"http://127.0.0.1:{port}"
     async with (
-        _spawned([sys.executable, "-c", _HEALTHY, str(port)], url) as proc,
+        spawned([sys.executable, "-c", _HEALTHY, str(port)], url) as proc,
         httpx.AsyncClient(trust_env=False) as client,
     ):
         assert (await client.get(f"{url}/healthz")).status_code == 200
@@ -323,12 +322,12 @@ async def test_spawned_reports_an_early_exit_in_one_line() -> None:
     with pytest.raises(
         GatewayStartError, match=r"code 3 before it was ready: bad config; line two"
     ):
-        async with _spawned([sys.executable, "-c", script], f"http://127.0.0.1:{_port()}"):
+        async with spawned([sys.executable, "-c", script], f"http://127.0.0.1:{_port()}"):
             pytest.fail("entered although the gateway exited")
 
 
 async def test_spawned_gives_up_when_healthz_never_answers() -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     with pytest.raises(GatewayStartError, match="did not answer GET /healthz"):
-        async with _spawned(argv, f"http://127.0.0.1:{_port()}", ready_timeout=0.3):
+        async with spawned(argv, f"http://127.0.0.1:{_port()}", ready_timeout=0.3):
             pytest.fail("entered although the gateway never became healthy")
