@@ -1,6 +1,6 @@
 """`/_gateway/`: the dashboard page (package data, no build step) and the JSON API it reads.
 
-    GET  /_gateway/                 the page (index.html, app.js, style.css)
+    GET  /_gateway/                 the page (index.html, dashboard.js, style.css)
     GET  /_gateway/api/overview     gateway settings, endpoints with their calls, upstreams
     GET  /_gateway/api/upstreams    upstreams with their breaker state
     GET  /_gateway/api/recent       the recent-request ring (`?after=SEQ&limit=N`)
@@ -42,7 +42,7 @@ PREFIX = "/_gateway"
 MAX_RECENT = 200
 _ASSETS = {
     "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 # Everything the page loads is its own; data from requests is only ever set as text.
@@ -105,7 +105,7 @@ def register(gw: Gateway) -> None:
 
     app.add_url_rule(PREFIX, "gateway_page_bare", bare, methods=["GET"])
     app.add_url_rule(PREFIX + "/", "gateway_page", asset("index.html"), methods=["GET"])
-    for name in ("app.js", "style.css"):
+    for name in ("dashboard.js", "style.css"):
         app.add_url_rule(f"{PREFIX}/{name}", f"gateway_page_{name}", asset(name), methods=["GET"])
     app.add_url_rule(PREFIX + "/api/overview", "gateway_api_overview", overview, methods=["GET"])
     app.add_url_rule(PREFIX + "/api/upstreams", "gateway_api_upstreams", upstreams,

@@ -65,13 +65,13 @@ async def test_page_and_assets_are_served_with_a_strict_policy(
     assert page.status_code == 200
     assert page.content_type.startswith("text/html")
     html = await page.get_data(as_text=True)
-    assert '<script src="app.js"' in html
+    assert '<script src="dashboard.js"' in html
     assert "http://" not in html  # nothing is loaded from elsewhere
     assert "https://" not in html
     csp = page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp
     assert "script-src 'self'" in csp
-    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+    for name, kind in (("dashboard.js", "text/javascript"), ("style.css", "text/css")):
         asset = await client.get(f"/_gateway/{name}")
         assert asset.status_code == 200
         assert asset.content_type.startswith(kind)
@@ -230,7 +230,8 @@ async def test_run_endpoint_wants_json_so_a_cross_site_form_cannot_post(
 
 
 @pytest.mark.parametrize(
-    "path", ["/_gateway/", "/_gateway/app.js", "/_gateway/api/overview", "/_gateway/api/recent"])
+    "path",
+    ["/_gateway/", "/_gateway/dashboard.js", "/_gateway/api/overview", "/_gateway/api/recent"])
 async def test_dashboard_false_turns_page_and_api_off(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory, path: str
 ) -> None:
