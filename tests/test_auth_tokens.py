@@ -196,6 +196,15 @@ def test_arbitrary_header_and_payload_json_is_refused_cleanly(header: dict[str, 
     assert "\n" not in caught.value.reason
 
 
+@pytest.mark.parametrize("alg", ["\n", "HS256\r\nX-Forged: 1", "\x00"])
+def test_control_characters_in_alg_stay_out_of_the_one_line_reason(alg: str) -> None:
+    token = f"{b64(json.dumps({'alg': alg}).encode())}.{b64(b'{}')}.c2ln"
+    with pytest.raises(TokenError) as caught:
+        verify(token, POLICY, KEYSET)
+    assert "not allowed" in caught.value.reason
+    assert not set("\r\n\x00") & set(caught.value.reason)
+
+
 def _same_bytes(a: str, b: str) -> bool:
     import base64
     try:

@@ -94,7 +94,8 @@ def verify(token: str, policy: TokenPolicy, keys: KeySet) -> dict[str, Any]:
     header = read_header(token)
     alg: str = header["alg"]
     if alg not in policy.algorithms or key_family(alg) is None:
-        raise TokenError(f"token algorithm {alg} not allowed")
+        # repr: the alg is client text; a newline in it must not split the one-line reason
+        raise TokenError(f"token algorithm {alg[:32]!r} not allowed")
     key = choose_key(keys, header.get("kid"), alg)
     return _decode(token, key, alg, policy)
 
