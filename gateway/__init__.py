@@ -4,11 +4,17 @@ from .app import Gateway, create_app
 from .config import Config, load_config
 from .context import RequestContext
 from .errors import (
+    BindError,
     CallError,
     CallInputError,
     CircuitOpen,
     ConfigError,
     GatewayError,
+    JobsBusy,
+    JobsClosed,
+    JobsError,
+    JobsUnavailable,
+    MemoryBudgetExhausted,
     RequestError,
     UpstreamBadReply,
     UpstreamStatus,
@@ -19,6 +25,7 @@ from .fan import Fan, FanCall
 from .result import Result
 
 __all__ = [
+    "BindError",
     "CallError",
     "CallInputError",
     "CircuitOpen",
@@ -28,6 +35,11 @@ __all__ = [
     "FanCall",
     "Gateway",
     "GatewayError",
+    "JobsBusy",
+    "JobsClosed",
+    "JobsError",
+    "JobsUnavailable",
+    "MemoryBudgetExhausted",
     "RequestContext",
     "RequestError",
     "Result",

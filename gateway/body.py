@@ -24,11 +24,11 @@ from .budget import Lease
 SLICE_BYTES = 128 * 1024
 
 
-class BodyTooLarge(Exception):
+class _BodyTooLarge(Exception):
     """The decoded body passed the cap."""
 
 
-class BodyUndecodable(Exception):
+class _BodyUndecodable(Exception):
     """The body's content-encoding is unknown, or the compressed data is corrupt."""
 
 
@@ -60,7 +60,7 @@ class CappedBody:
         elif encoding == "deflate":
             self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
         else:
-            raise BodyUndecodable(f"unsupported content-encoding '{encoding[:40]}'")
+            raise _BodyUndecodable(f"unsupported content-encoding '{encoding[:40]}'")
 
     @property
     def size(self) -> int:
@@ -113,10 +113,10 @@ class CappedBody:
                 try:
                     tail = self._decoder.flush()  # input all consumed: at most a few bytes
                 except zlib.error as exc:
-                    raise BodyUndecodable(str(exc)) from exc
+                    raise _BodyUndecodable(str(exc)) from exc
                 self._add(tail)
                 if not self._decoder.eof:
-                    raise BodyUndecodable("compressed data ends early")
+                    raise _BodyUndecodable("compressed data ends early")
         except BaseException:
             self.discard()
             raise
@@ -159,13 +159,13 @@ class CappedBody:
     def _retry_raw_deflate(self, chunk: bytes, most: int, exc: zlib.error) -> bytes:
         # "deflate" is often sent without its zlib header; retry once as raw deflate.
         if self._size or self._deflate_raw_tried or self._decoder is None:
-            raise BodyUndecodable(str(exc)) from exc
+            raise _BodyUndecodable(str(exc)) from exc
         self._deflate_raw_tried = True
         self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
             return self._decoder.decompress(chunk, most)
         except zlib.error as again:
-            raise BodyUndecodable(str(again)) from again
+            raise _BodyUndecodable(str(again)) from again
 
     def _guarded_add(self, data: bytes) -> None:
         try:
@@ -179,11 +179,11 @@ class CappedBody:
             return
         size = self._size + len(data)
         if size > self._limit:
-            raise BodyTooLarge
+            raise _BodyTooLarge
         if self._lease is not None:
             unpaid = len(data) - self._prepaid
             if unpaid > 0:
-                self._lease.take(unpaid)  # BudgetExhausted when the process is at its budget
+                self._lease.take(unpaid)  # _BudgetExhausted when the process is at its budget
             self._prepaid = max(0, -unpaid)
         self._size = size
         self._chunks.append(data)

@@ -1,24 +1,30 @@
-"""The gateway's one error hierarchy.
+"""The gateway's one error hierarchy; every class here is exported from `gateway`.
 
-    GatewayError
-     ├── ConfigError            the config is invalid; carries every problem found
-     ├── RequestError           the incoming request is bad (4xx, nothing was forwarded)
-     └── CallError              one upstream call failed
-          ├── CallInputError     a {CALL.x} value the call needs is missing or unusable
-          ├── UpstreamTimeout    the call's timeout passed (504)
-          ├── UpstreamUnavailable  connect error, reset, protocol error (502)
-          ├── UpstreamStatus     the upstream answered non-2xx (4xx passes through, else 502)
-          ├── UpstreamBadReply   non-JSON or oversize body (502)
-          ├── CircuitOpen        the upstream's breaker is open (503 + Retry-After)
-          └── MemoryBudgetExhausted  the process holds `max_buffered_bytes` of bodies (503)
-
-The job API's own errors (`JobsError` and its subclasses) also derive from
-`GatewayError`; they are drawn in `gateway/jobs/store.py`.
+    GatewayError                 base of every error the gateway raises on purpose
+     ├── ConfigError              the config is invalid; carries every problem found
+     ├── BindError                a listening socket could not be created (address taken)
+     ├── RequestError             the incoming request is bad (4xx, nothing was forwarded)
+     ├── CallError                one upstream call failed
+     │    ├── CallInputError       a {CALL.x} value the call needs is missing or unusable
+     │    ├── UpstreamTimeout      the call's timeout passed (504)
+     │    ├── UpstreamUnavailable  connect error, reset, protocol error (502)
+     │    ├── UpstreamStatus       the upstream answered non-2xx (4xx passes through, else 502)
+     │    ├── UpstreamBadReply     non-JSON, oversize or too deeply nested body (502)
+     │    ├── CircuitOpen          the upstream's breaker is open (503 + Retry-After)
+     │    └── MemoryBudgetExhausted  the process holds `max_buffered_bytes` of bodies (503)
+     └── JobsError                a job could not be accepted or read (503 + Retry-After)
+          ├── JobsBusy             max_running + max_queued jobs are already in the store
+          ├── JobsClosed           this process is shutting down and accepts no new job
+          └── JobsUnavailable      the store cannot be reached (Redis down); nothing was queued
 
 A `CallError` says both what happened to the call (`status`, the upstream's
 own status if it answered) and what a required failure makes of the whole
 request (`gateway_status`). Messages are one line, safe to show a client:
 they never hold a traceback or anything the client did not already know.
+
+Exceptions that never leave the package are private to the module that raises
+and catches them (`guard._TooDeep`, `body._BodyTooLarge`, ...): each is turned
+into one of the errors above (or a 4xx refusal) before a caller sees it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,16 @@ class ConfigError(GatewayError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class BindError(GatewayError):
+    """A listening socket could not be created; `str()` is one line naming the address."""
+
+    def __init__(self, address: str, reason: str, what: str = "gateway") -> None:
+        self.address = address
+        self.reason = reason
+        self.what = what  # "gateway", or e.g. "upstreams" for the demo's own services
+        super().__init__(f"cannot listen on {address}: {reason}")
 
 
 class RequestError(GatewayError):
@@ -107,3 +123,23 @@ class MemoryBudgetExhausted(CallError):
 
     def __init__(self, status: int | None = None) -> None:
         super().__init__("gateway memory budget exhausted", status)
+
+
+class JobsError(GatewayError):
+    """A job request cannot be served now; `retry_after` seconds is a fair wait."""
+
+    retry_after = 5
+
+
+class JobsBusy(JobsError):
+    """The deployment already holds `max_running` running and `max_queued` waiting jobs."""
+
+    retry_after = 2
+
+
+class JobsClosed(JobsError):
+    """This process is shutting down; another process (or this one, restarted) will serve."""
+
+
+class JobsUnavailable(JobsError):
+    """The store cannot be reached; plain aggregation is unaffected."""

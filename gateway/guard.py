@@ -72,15 +72,15 @@ def too_deep(value: Any, limit: int, raw: bytes | None = None) -> bool:
     return False
 
 
-class TooDeep(ValueError):
+class _TooDeep(ValueError):
     """A JSON document nests deeper than the limit it was read with."""
 
 
 def loads_reply(raw: bytes) -> Any:
-    """An upstream reply parsed; `TooDeep` past `MAX_REPLY_DEPTH` (a 502 for the call)."""
+    """An upstream reply parsed; `_TooDeep` past `MAX_REPLY_DEPTH` (a 502 for the call)."""
     value = orjson.loads(raw)
     if too_deep(value, MAX_REPLY_DEPTH, raw):
-        raise TooDeep(f"nested deeper than {MAX_REPLY_DEPTH} levels")
+        raise _TooDeep(f"nested deeper than {MAX_REPLY_DEPTH} levels")
     return value
 
 

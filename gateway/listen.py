@@ -10,17 +10,9 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from .errors import BindError as BindError  # its home is errors.py; callers import it here too
+
 DEFAULT_BIND = "127.0.0.1:8000"
-
-
-class BindError(Exception):
-    """A listening socket could not be created; `str()` is one line naming the address."""
-
-    def __init__(self, address: str, reason: str, what: str = "gateway") -> None:
-        self.address = address
-        self.reason = reason
-        self.what = what  # "gateway", or e.g. "upstreams" for the demo's own services
-        super().__init__(f"cannot listen on {address}: {reason}")
 
 
 def bind_sockets(config: Any) -> Any:

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import orjson
 
-from .body import BodyTooLarge, BodyUndecodable, CappedBody
-from .budget import BudgetExhausted, Lease
+from .body import CappedBody, _BodyTooLarge, _BodyUndecodable
+from .budget import Lease, _BudgetExhausted
 from .errors import (
     CallError,
     MemoryBudgetExhausted,
@@ -29,7 +29,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .guard import TooDeep, loads_reply
+from .guard import _TooDeep, loads_reply
 
 # Bodies above this are parsed off the event loop so one big reply cannot stall every request.
 THREAD_PARSE_BYTES = 256 * 1024
@@ -65,7 +65,7 @@ class BodyReader:
         try:
             body = CappedBody(response.headers.get("content-encoding", ""), self.max_bytes,
                               lease)
-        except BodyUndecodable as exc:
+        except _BodyUndecodable as exc:
             return self._undecodable(status, f" ({exc})")
         received = False
         try:
@@ -74,11 +74,11 @@ class BodyReader:
             await _receive(response, body, self.inflating)
             received = True
             return body
-        except BodyTooLarge:
+        except _BodyTooLarge:
             return self._too_large(status)
-        except BudgetExhausted:
+        except _BudgetExhausted:
             return MemoryBudgetExhausted(status)
-        except BodyUndecodable as exc:
+        except _BodyUndecodable as exc:
             return self._undecodable(status, f" ({exc})")
         except httpx.TimeoutException:
             return UpstreamTimeout(f"upstream '{self.name}' timed out after {self.timeout:g}s")
@@ -141,7 +141,7 @@ def _parse_json(raw: bytes) -> Any:
         return loads_reply(raw)
     except orjson.JSONDecodeError:  # its `doc` is a copy of the whole body: dropped here
         return _NotJson("a body that is not JSON")
-    except TooDeep as exc:  # the envelope could not carry it (guard.py)
+    except _TooDeep as exc:  # the envelope could not carry it (guard.py)
         return _NotJson(f"JSON {exc}")
 
 

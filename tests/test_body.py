@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from gateway.body import SLICE_BYTES, BodyTooLarge, BodyUndecodable, CappedBody
-from gateway.budget import BudgetExhausted, MemoryBudget
+from gateway.body import SLICE_BYTES, CappedBody, _BodyTooLarge, _BodyUndecodable
+from gateway.budget import MemoryBudget, _BudgetExhausted
 
 
 def _feed(encoding: str, data: bytes, limit: int, chunk: int = 1024) -> bytes:
@@ -25,7 +25,7 @@ def test_plain_body_passes_through(encoding: str) -> None:
 
 
 def test_plain_body_over_the_cap_is_refused() -> None:
-    with pytest.raises(BodyTooLarge):
+    with pytest.raises(_BodyTooLarge):
         _feed("", b"x" * 1001, 1000)
 
 
@@ -50,18 +50,18 @@ def test_deflate_with_and_without_zlib_header_is_decoded() -> None:
 def test_gzip_bomb_stops_at_the_cap_without_inflating() -> None:
     bomb = gzip.compress(b"\0" * 50_000_000)  # ~50 KB that would inflate to 50 MB
     body = CappedBody("gzip", 1_000_000)
-    with pytest.raises(BodyTooLarge):
+    with pytest.raises(_BodyTooLarge):
         body.feed(bomb)  # one chunk: decompression itself is bounded by the cap
     assert body._size <= 1_000_001
 
 
 def test_corrupt_gzip_is_undecodable() -> None:
-    with pytest.raises(BodyUndecodable):
+    with pytest.raises(_BodyUndecodable):
         _feed("gzip", b"\x1f\x8b\x08\x00garbage-not-gzip" * 4, 10_000)
 
 
 def test_unknown_encoding_is_undecodable() -> None:
-    with pytest.raises(BodyUndecodable, match="unsupported content-encoding 'br'"):
+    with pytest.raises(_BodyUndecodable, match="unsupported content-encoding 'br'"):
         CappedBody("br", 1000)
 
 
@@ -84,7 +84,7 @@ def test_decompression_yields_one_slice_at_a_time() -> None:
 
 def test_slices_stop_at_the_cap() -> None:
     body = CappedBody("gzip", 1_000_000)
-    with pytest.raises(BodyTooLarge):
+    with pytest.raises(_BodyTooLarge):
         body.feed(_bomb_chunk())  # push, then more() until refused
     assert body.size <= 1_000_000
     assert body.value == b""  # the holder let go of what it had decoded
@@ -107,7 +107,7 @@ def test_a_body_past_the_budget_is_refused_and_emptied() -> None:
     budget.lease().take(60_000)  # another call in flight
     body = CappedBody("", 1_000_000, budget.lease())
     body.feed(b"x" * 30_000)
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(_BudgetExhausted):
         body.feed(b"x" * 30_000)
     assert (budget.held, body.value) == (90_000, b"")
 
@@ -124,7 +124,7 @@ def test_truncated_compressed_data_is_undecodable_and_empties_the_body() -> None
     body = CappedBody("gzip", 10_000_000)
     body.feed(good[:20_000])
     assert body.size > 0
-    with pytest.raises(BodyUndecodable, match="ends early"):
+    with pytest.raises(_BodyUndecodable, match="ends early"):
         body.finish()
     assert body.value == b""
 
@@ -138,5 +138,5 @@ def test_a_declared_size_is_taken_from_the_budget_at_once() -> None:
     assert budget.held == 60_000  # paid for already
     body.feed(b"x" * 20_000)  # more than declared: the rest is taken as it comes
     assert budget.held == 70_000
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(_BudgetExhausted):
         CappedBody("", 1_000_000, budget.lease()).expect(40_000)  # refused before a byte

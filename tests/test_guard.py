@@ -15,7 +15,7 @@ from gateway.guard import (
     MAX_REPLY_DEPTH,
     MAX_REQUEST_DEPTH,
     MAX_TARGET_BYTES,
-    TooDeep,
+    _TooDeep,
     bounded_body,
     framing_problem,
     loads_reply,
@@ -84,7 +84,7 @@ def test_bounded_body_refuses_one_level_past_the_limit() -> None:
 
 def test_loads_reply_parses_and_bounds() -> None:
     assert loads_reply(orjson.dumps(chain(MAX_REPLY_DEPTH))) == chain(MAX_REPLY_DEPTH)
-    with pytest.raises(TooDeep):
+    with pytest.raises(_TooDeep):
         loads_reply(orjson.dumps(chain(MAX_REPLY_DEPTH + 1)))
     with pytest.raises(orjson.JSONDecodeError):
         loads_reply(b"[" * 2000)

@@ -3,22 +3,15 @@
     api.py          the routes, the `Prefer` hook, the store's lifetime (`register`)
     runner.py       a job's request captured when accepted, replayed where it runs
     model.py        JobRequest, Outcome, JobView: what a job is (pure)
-    store.py        the JobStore interface, its errors, `open_store`
+    store.py        the JobStore interface, `open_store` (its errors are in gateway/errors.py)
     memory.py       store = "memory": one process
     redis_store.py  store = "redis://...": every process, on SAQ (see _saq.py)
 """
 
+from ..errors import JobsBusy, JobsClosed, JobsError, JobsUnavailable
 from .api import publish_counts, register, respond_async
 from .model import STATES, JobRequest, JobState, JobView, Outcome
-from .store import (
-    JobsBusy,
-    JobsClosed,
-    JobsError,
-    JobStore,
-    JobsUnavailable,
-    Timing,
-    open_store,
-)
+from .store import JobStore, Timing, open_store
 
 __all__ = [
     "STATES",

@@ -39,8 +39,9 @@ from saq.types import WorkerInfo
 from saq.utils import now
 from saq.worker import Worker
 
+from ..errors import JobsBusy
 from .model import CANCELED, CRASHED, LOST, SHUTDOWN, TIMED_OUT, Outcome
-from .store import JobsBusy, Timing
+from .store import Timing
 
 log = logging.getLogger("gateway.jobs")
 

@@ -15,11 +15,11 @@ from quart import Response, request
 
 from .. import envelope
 from ..context import RequestContext
-from ..errors import ConfigError
+from ..errors import ConfigError, JobsError
 from ..result import refusal
 from .model import valid_job_id
 from .runner import Runner, capture
-from .store import REDIS_MISSING, JobsError, JobStore, Timing, open_store, redis_available
+from .store import REDIS_MISSING, JobStore, Timing, open_store, redis_available
 
 if TYPE_CHECKING:
     from ..app import Gateway

@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from ..config import JobsSettings
+from ..errors import JobsBusy, JobsClosed
 from .model import (
     CANCELED,
     CRASHED,
@@ -28,7 +29,7 @@ from .model import (
     finished_view,
     new_job_id,
 )
-from .store import Execute, JobsBusy, JobsClosed, JobStore, Timing
+from .store import Execute, JobStore, Timing
 
 log = logging.getLogger("gateway.jobs")
 

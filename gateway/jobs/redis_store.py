@@ -23,6 +23,7 @@ from saq.job import Job, Status
 from saq.types import Context, PartialTimersDict
 
 from ..config import JobsSettings
+from ..errors import JobsClosed, JobsUnavailable
 from ._saq import FINISHED_STATES, FUNCTION, GatewayQueue, GatewayWorker
 from .model import (
     CANCELED,
@@ -39,7 +40,7 @@ from .model import (
     finished_view,
     new_job_id,
 )
-from .store import Execute, JobsClosed, JobStore, JobsUnavailable, Timing
+from .store import Execute, JobStore, Timing
 
 log = logging.getLogger("gateway.jobs")
 

@@ -1,12 +1,7 @@
 """The job store interface: one per process, `memory` or Redis, with identical behaviour.
 
-Errors a store raises, all answered with 503 and `Retry-After`:
-
-    GatewayError
-     └── JobsError          the job could not be accepted or read
-          ├── JobsBusy        max_running + max_queued jobs are already in the store
-          ├── JobsClosed      this process is shutting down and accepts no new job
-          └── JobsUnavailable the store cannot be reached (Redis down); nothing was queued
+A store raises the `JobsError` family (gateway/errors.py), all answered with 503 and
+`Retry-After`.
 """
 
 from __future__ import annotations
@@ -17,32 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..config import JobsSettings
-from ..errors import GatewayError
 from .model import STATES, JobRequest, JobState, JobView, Outcome
 
 Execute = Callable[[JobRequest], Awaitable[Outcome]]
 
 SECONDS = 1.0
-
-
-class JobsError(GatewayError):
-    """A job request cannot be served now; `retry_after` seconds is a fair wait."""
-
-    retry_after = 5
-
-
-class JobsBusy(JobsError):
-    """The deployment already holds `max_running` running and `max_queued` waiting jobs."""
-
-    retry_after = 2
-
-
-class JobsClosed(JobsError):
-    """This process is shutting down; another process (or this one, restarted) will serve."""
-
-
-class JobsUnavailable(JobsError):
-    """The store cannot be reached; plain aggregation is unaffected."""
 
 
 @dataclass(frozen=True, slots=True)
