@@ -21,7 +21,7 @@ import httpx
 import orjson
 
 from .body import CappedBody, _BodyTooLarge, _BodyUndecodable
-from .budget import Lease, _BudgetExhausted
+from .budget import BudgetExhausted, Lease
 from .errors import (
     CallError,
     MemoryBudgetExhausted,
@@ -76,7 +76,7 @@ class BodyReader:
             return body
         except _BodyTooLarge:
             return self._too_large(status)
-        except _BudgetExhausted:
+        except BudgetExhausted:
             return MemoryBudgetExhausted(status)
         except _BodyUndecodable as exc:
             return self._undecodable(status, f" ({exc})")

@@ -72,12 +72,12 @@ class Ref:
         return self.default is None and not self.omit
 
 
-class TemplateSyntaxError(ValueError):
+class _TemplateSyntaxError(ValueError):
     """A template could not be parsed; the message says where."""
 
 
 def parse_refs(text: str, params: tuple[str, ...], calls: tuple[str, ...]) -> list[str | Ref]:
-    """Split `text` into literal strings and `Ref`s; raise `TemplateSyntaxError` if unusable."""
+    """Split `text` into literal strings and `Ref`s; raise `_TemplateSyntaxError` if unusable."""
     parts: list[str | Ref] = []
     pos = 0
     for m in _PLACEHOLDER.finditer(text):
@@ -87,7 +87,7 @@ def parse_refs(text: str, params: tuple[str, ...], calls: tuple[str, ...]) -> li
         pos = m.end()
     tail = text[pos:]
     if "{" in tail or "}" in tail or any("{" in p or "}" in p for p in parts if isinstance(p, str)):
-        raise TemplateSyntaxError(f"unbalanced '{{' or '}}' in '{text}'")
+        raise _TemplateSyntaxError(f"unbalanced '{{' or '}}' in '{text}'")
     if tail:
         parts.append(tail)
     return parts
@@ -102,27 +102,27 @@ def _ref(inner: str, params: tuple[str, ...], calls: tuple[str, ...]) -> Ref:
     fallback = default if sep else None
     segs = tuple(names.split("."))
     if not names or not all(_SEGMENT.match(s) for s in segs):
-        raise TemplateSyntaxError(f"'{text}' is not a placeholder (names joined by '.')")
+        raise _TemplateSyntaxError(f"'{text}' is not a placeholder (names joined by '.')")
     head = segs[0]
     if head == "body" and len(segs) == 1:
         return Ref("body", "", (), text, fallback, omit)  # the whole incoming body
     if head in REQUEST_SOURCES:
         if len(segs) < 2:
-            raise TemplateSyntaxError(f"'{text}' needs a name, like {{{head}.NAME}}")
+            raise _TemplateSyntaxError(f"'{text}' needs a name, like {{{head}.NAME}}")
         name = segs[1].lower() if head == "header" else segs[1]
         return Ref(head, name, segs[2:], text, fallback, omit)  # type: ignore[arg-type]
     if head == "client" and len(segs) == 1 and head not in params:
         return Ref("client", "", (), text, fallback, omit)
     if head in params:
         if len(segs) > 1:
-            raise TemplateSyntaxError(f"'{text}': route parameter '{head}' has no fields")
+            raise _TemplateSyntaxError(f"'{text}': route parameter '{head}' has no fields")
         if sep or omit:
-            raise TemplateSyntaxError(f"'{text}': route parameter '{head}' is never missing, "
+            raise _TemplateSyntaxError(f"'{text}': route parameter '{head}' is never missing, "
                                       "so it takes no ':-DEFAULT' or '?'")
         return Ref("param", head, (), text)
     if head in calls:
         return Ref("call", head, segs[1:], text, fallback, omit)
-    raise TemplateSyntaxError(f"'{text}' names neither a route parameter nor a call")
+    raise _TemplateSyntaxError(f"'{text}' names neither a route parameter nor a call")
 
 
 def usage_problem(ref: Ref, where: str, whole: bool) -> str | None:

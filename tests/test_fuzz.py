@@ -28,7 +28,7 @@ from gateway.envelope import dumps
 from gateway.errors import CallInputError, ConfigError, RequestError
 from gateway.openapi import document, openapi_path
 from gateway.plan import Plan, compile_plans
-from gateway.template import Inputs, Ref, TemplateSyntaxError, parse_refs
+from gateway.template import Inputs, Ref, _TemplateSyntaxError, parse_refs
 
 BASE = "http://up.internal:8080/api"
 
@@ -155,7 +155,7 @@ def test_body_templates_keep_json_types_and_always_encode(v: Any, f: Any, q: Any
 def test_template_text_round_trips_or_is_refused_with_a_reason(text: str) -> None:
     parts, error = _attempt(parse_refs, text, ("id",), ("c0",))
     if error is not None:
-        assert isinstance(error, TemplateSyntaxError), error
+        assert isinstance(error, _TemplateSyntaxError), error
         assert text in str(error) or "{" in str(error)
         return
     rebuilt = "".join(p.text if isinstance(p, Ref) else p for p in parts)

@@ -16,8 +16,8 @@ from gateway.template import (
     BodyTemplate,
     Inputs,
     Ref,
-    TemplateSyntaxError,
     UrlTemplate,
+    _TemplateSyntaxError,
     find,
     lookup,
     parse_refs,
@@ -89,7 +89,7 @@ def test_defaults_and_omission_parse(text: str, ref: Ref) -> None:
     ],
 )
 def test_malformed_defaults_are_syntax_errors(text: str, message: str) -> None:
-    with pytest.raises(TemplateSyntaxError) as info:
+    with pytest.raises(_TemplateSyntaxError) as info:
         parse_refs(text, PARAMS, CALLS)
     assert str(info.value) == message
 

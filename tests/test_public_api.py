@@ -124,7 +124,7 @@ def test_the_job_and_listen_modules_reuse_the_exported_errors() -> None:
 # its own branch; its errors join the hierarchy when it lands.
 _NOT_YET = ("auth",)
 # Renamed `_Name` once the modules being split or moved on other branches land (issue 13).
-_PENDING = {"TemplateSyntaxError", "ProtocolError", "GatewayStartError"}
+_PENDING = {"ProtocolError", "GatewayStartError", "BudgetExhausted"}
 
 
 def test_exceptions_outside_the_hierarchy_are_private() -> None:
@@ -141,7 +141,8 @@ def test_exceptions_outside_the_hierarchy_are_private() -> None:
                     and node.name not in _PENDING
                     and any(_looks_like_exception(base) for base in node.bases)):
                 public.append(f"{relative}:{node.lineno} {node.name}")
-    assert public == []
+    assert public == [], ("a public error belongs in gateway/errors.py (drawn in its tree, "
+                          "exported from gateway); an internal one is named _Private")
 
 
 def _looks_like_exception(base: ast.expr) -> bool:

@@ -18,8 +18,8 @@ from gateway.template import (
     BodyTemplate,
     Inputs,
     Ref,
-    TemplateSyntaxError,
     UrlTemplate,
+    _TemplateSyntaxError,
     parse_refs,
     path_value_problem,
 )
@@ -93,7 +93,7 @@ def test_request_refs_are_from_request_and_call_refs_are_not() -> None:
     ],
 )
 def test_malformed_placeholders_are_syntax_errors(text: str, message: str) -> None:
-    with pytest.raises(TemplateSyntaxError) as info:
+    with pytest.raises(_TemplateSyntaxError) as info:
         parse_refs(text, PARAMS, CALLS)
     assert str(info.value) == message
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..hooks import hook_problem
-from ..template import BodyTemplate, Ref, TemplateSyntaxError, parse_refs, usage_problem
+from ..template import BodyTemplate, Ref, _TemplateSyntaxError, parse_refs, usage_problem
 from .checker import Checker
 from .model import RESERVED_PREFIXES, CallConfig
 
@@ -76,7 +76,7 @@ def call_templates(call: CallConfig) -> list[tuple[str, Any]]:
 
 def template_refs(key: str, raw: Any, params: tuple[str, ...],
                   names: tuple[str, ...]) -> list[Ref]:
-    """The placeholders of one template; raises `TemplateSyntaxError`, also for a
+    """The placeholders of one template; raises `_TemplateSyntaxError`, also for a
     placeholder form that does not work where it stands (`usage_problem`)."""
     where = key.partition(".")[0]
     if where == "body":
@@ -89,7 +89,7 @@ def template_refs(key: str, raw: Any, params: tuple[str, ...],
     for ref in refs:
         problem = usage_problem(ref, where, whole)
         if problem is not None:
-            raise TemplateSyntaxError(problem)
+            raise _TemplateSyntaxError(problem)
     return refs
 
 
@@ -115,7 +115,7 @@ def check_placeholders(c: Checker, p: str, route: str, calls: list[CallConfig],
         for key, raw in call_templates(call):
             try:
                 refs = template_refs(key, raw, params, names)
-            except TemplateSyntaxError as exc:
+            except _TemplateSyntaxError as exc:
                 c.fail(f"{p}.calls[{j}].{key}", str(exc))
                 continue
             for ref in refs:
