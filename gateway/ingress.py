@@ -13,7 +13,7 @@ message as a `Door` and calls `Ingress.admit`, which, in this order (SPEC 9):
    limits; the first that refuses ends the message;
 3. reads and checks the body and the request values: `RequestContext`.
 
-Anything refused is a `Refused` (a `RequestError`): the HTTP entry point
+Anything refused is a `_Refused` (a `RequestError`): the HTTP entry point
 answers `Ingress.refusal(door, error)` (the envelope, `result.refusal`),
 `/ws` an `error` message, the run API its JSON error, a job its failed
 outcome. A socket's handshake (`Ingress.handshake`) runs the same checks
@@ -78,7 +78,7 @@ class Refusal:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-class Refused(RequestError):
+class _Refused(RequestError):
     """The ingress turned a message away; carries the check's headers."""
 
     def __init__(self, message: str, status: int = 400,
@@ -130,7 +130,7 @@ class Ingress:
         self.checks = checks(gw) if chain is None else chain
 
     async def admit(self, door: Door) -> Admitted:
-        """The message's target and context; raises `Refused`/`RequestError` if refused."""
+        """The message's target and context; raises `_Refused`/`RequestError` if refused."""
         gw = self._gw
         if door.target is None:
             door.target, door.params = gw.router.match(door.path, door.method)
@@ -152,7 +152,7 @@ class Ingress:
 
     def refusal(self, door: Door, error: RequestError) -> Result:
         """`error` as the envelope, for the entry points that answer with one."""
-        extra = error.headers if isinstance(error, Refused) else None
+        extra = error.headers if isinstance(error, _Refused) else None
         return refusal(error.status, str(error), request_id=request_id(door.headers),
                        strategy=strategy_of(door.headers, self._gw.config.gateway.strategy),
                        started=door.started, extra=extra)
@@ -175,7 +175,7 @@ class Ingress:
         for check in self.checks:
             refused = await check(door)
             if refused is not None:
-                raise Refused(refused.message, refused.status, refused.headers)
+                raise _Refused(refused.message, refused.status, refused.headers)
 
     def _strategy(self, target: Target, header: str | None) -> str:
         if header is not None:
