@@ -34,7 +34,7 @@ import re
 from collections.abc import Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope, WebsocketScope
@@ -233,9 +233,10 @@ class _Connection:
             headers["x-gateway-strategy"] = strategy
         body = (b"" if message.get("body") is None
                 else envelope.dumps(guard.bounded_body(message["body"])))
-        url = urlsplit(path)
-        query = MultiDict(parse_qsl(url.query, keep_blank_values=True))
-        door = Door(SOCKET, method.upper(), unquote(url.path), query, headers, body=body)
+        # Not urlsplit: "//host/x" would lose "host" as a netloc and "//[x" raises ValueError.
+        raw_path, _, raw_query = path.partition("?")
+        query = MultiDict(parse_qsl(raw_query.partition("#")[0], keep_blank_values=True))
+        door = Door(SOCKET, method.upper(), unquote(raw_path), query, headers, body=body)
         target, ctx, _ = await self.gw.ingress.admit(door)
         return target, ctx
 

@@ -438,3 +438,20 @@ async def test_real_hypercorn_interleaves_closes_1009_and_cancels_on_disconnect(
             await ws.send_str('{"id": "s", "path": "/stuck"}')
             await wait_for(lambda: stuck.requests == 1, within=5)
         await wait_for(lambda: stuck.cancelled == 1, within=5)
+
+
+@pytest.mark.parametrize("path", ["//[x/a", "//evil/e"])
+async def test_a_path_that_looks_like_a_netloc_is_a_plain_path_not_a_crash(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory, path: str,
+) -> None:
+    up = await upstream(echo)
+    client = await gateway_client(make_config({"up": up}, endpoint("/e", call("echo", "up"))))
+    async with client.websocket("/ws") as ws:
+        await ws.send(orjson.dumps({"id": "n", "path": path}).decode())
+        answer = await receive_until(ws, results_for("n"))
+        await ws.send('{"id": "after", "path": "/e"}')  # the socket is still open
+        after = await receive_until(ws, results_for("after"))
+    # Never routed as "/a" or "/e" with a lost host: the whole path is the unknown route.
+    assert answer == [{"type": "error", "id": "n", "error": f"no endpoint for GET {path}"}]
+    assert after[-1]["status"] == 200
+    assert up.requests == 1
