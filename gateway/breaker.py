@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from .config import Breaker as BreakerConfig
-from .errors import CallError, CircuitOpen, UpstreamStatus
+from .errors import CallError, CallInputError, CircuitOpen, UpstreamStatus
 
 CLOSED = "closed"
 OPEN = "open"
@@ -41,7 +41,8 @@ def counts_as_failure(error: CallError) -> bool:
     """An upstream 4xx is a verdict on the request, not a sign the upstream is unwell."""
     if isinstance(error, UpstreamStatus):
         return not (error.status is not None and 400 <= error.status < 500)
-    return not isinstance(error, CircuitOpen)
+    # Nor is a call that could not even be built (CallInputError): it never left the gateway.
+    return not isinstance(error, CircuitOpen | CallInputError)
 
 
 class CircuitBreaker:

@@ -33,6 +33,7 @@ from .config import HOP_BY_HOP, GatewaySettings, UpstreamConfig
 from .context import HeaderMap
 from .errors import (
     CallError,
+    CallInputError,
     MemoryBudgetExhausted,
     UpstreamStatus,
     UpstreamTimeout,
@@ -302,8 +303,14 @@ class Upstream:
         if body is not None:
             headers = [*headers, ("content-type", "application/json")]
         # UTF-8, as aiohttp writes them: a non-ASCII value the client sent must not be a 500.
-        request = httpx.Request(method, self.base + path_and_query,
-                                headers=httpx.Headers(headers, encoding="utf-8"), content=body)
+        try:
+            request = httpx.Request(method, self.base + path_and_query,
+                                    headers=httpx.Headers(headers, encoding="utf-8"),
+                                    content=body)
+        except httpx.InvalidURL as exc:  # e.g. over 64 KiB: not an HTTPError, would be a 500
+            raise CallInputError(
+                f"call to upstream '{self.name}': its URL is unusable ({str(exc)[:80]})"
+            ) from None
         try:
             response = await sender.handle_async_request(request)
         except httpx.TimeoutException:

@@ -803,3 +803,19 @@ async def test_cors_exposes_timing_and_job_headers_to_allowed_origins(
     assert {"Server-Timing", "X-Request-ID", "Location", "Retry-After"} <= exposed
     other = await client.get("/x", headers={"Origin": "http://evil.test"})
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_a_chained_value_too_long_for_a_url_is_a_failed_call_not_a_500(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    first = await upstream(reply({"next": "x" * 70_000}))
+    second = await upstream(reply({"ok": True}))
+    client = await gateway_client(make_config({"a": first, "b": second}, endpoint(
+        "/chain", call("first", "a", "/f"), call("second", "b", "/s/{first.next}"))))
+    response = await client.get("/chain")
+    body = await response.get_json()
+    assert response.status_code == 502, body
+    assert "URL is unusable" in body["error"]
+    assert body["meta"]["calls"]["first"]["ok"] is True
+    assert body["meta"]["calls"]["second"]["ok"] is False
+    assert second.requests == 0
