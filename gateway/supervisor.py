@@ -144,11 +144,16 @@ class _Master:
         os.set_blocking(wake_w, False)
         old_wakeup = signal.set_wakeup_fd(wake_w)  # a signal also ends the wait() below
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # SIGTERM is handled from the start: a default-action death while the first workers
+        # start (seconds: the fork server imports the app) would skip the `finally` below
+        # and leave them serving with nobody to stop them.
+        signal.signal(signal.SIGTERM, self._on_stop)
         try:
             for _ in range(self.config.workers):
+                if self.stop.is_set():
+                    break
                 self._spawn()
             signal.signal(signal.SIGINT, self._on_stop)
-            signal.signal(signal.SIGTERM, self._on_stop)
             signal.signal(signal.SIGHUP, self._on_hup)
             self._loop(wake_r)
         finally:
