@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import gzip
-import struct
 import time
 import tracemalloc
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile_bodies import gzip_bomb  # the benchmark's bomb: one builder, two users
 from support import (
     GatewayClientFactory,
     RawHandler,
@@ -44,24 +43,6 @@ SMALL_GZIP = gzip.compress(b'{"id": 1}')
 # These call gc.collect(): garbage an earlier test left behind (a never-awaited coroutine of
 # a server it abandoned) is then finalized here, and must not fail a test about memory.
 FOREIGN_GARBAGE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-def gzip_bomb(decoded_mib: int) -> bytes:
-    """`decoded_mib` MiB of zeros as one valid gzip member, built in well under a second.
-
-    After a full flush the compressor's state is the same for every 1 MiB block of zeros,
-    so one block's compressed bytes are repeated instead of compressing them all.
-    """
-    block = bytes(MiB)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
-    end = compressor.flush()
-    crc = 0
-    for _ in range(decoded_mib):
-        crc = zlib.crc32(block, crc)
-    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
-    trailer = struct.pack("<II", crc, (decoded_mib * MiB) & 0xFFFFFFFF)
-    return header + repeated * decoded_mib + end + trailer
 
 
 @pytest.fixture(scope="session")
