@@ -301,6 +301,14 @@ def _gateway_serve_help() -> str:
     return probe.stdout.decode(errors="replace") if probe.returncode == 0 else ""
 
 
+def gateway_server(name: str, config: Path, title: str = "") -> Server:
+    """`gateway serve` with another config (an A/B variant, a generated route)."""
+    return Server(
+        name, title or f"gateway with {config.name}", _gateway_argv(config),
+        multi_worker=True, is_gateway=True,
+    )
+
+
 def _gateway_argv(config: Path) -> Callable[[int, int], list[str]]:
     def argv(port: int, workers: int) -> list[str]:
         cmd = [
@@ -520,9 +528,11 @@ def wrk(
     connections: int = 32,
     stop_after: int | None = None,
     timeout_s: float = 10.0,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     """Run wrk (1 thread, pinned to the load core) against `url` for `duration` seconds,
-    or until `stop_after` responses if that comes first."""
+    or until `stop_after` responses if that comes first; `headers` ("Name: value")
+    go on every request."""
     exe = shutil.which("wrk")
     if exe is None:
         raise BenchError("wrk not found (apt-get install wrk)")
@@ -534,6 +544,7 @@ def wrk(
         f"-d{max(1, round(duration))}s",
         f"--timeout={timeout_s:g}s",
         "--latency",
+        *(arg for h in headers for arg in ("-H", h)),
         "-s",
         str(LUA_DIR / script),
         url,

@@ -5,6 +5,7 @@
     python benchmarks/run.py --workers           # gateway with 1 vs 2 workers
     python benchmarks/run.py --memory            # gateway RSS after 1k and 100k requests
     python benchmarks/run.py --throughput --latency --json benchmarks/results/all.json
+    python benchmarks/run.py ab --key limits.rate --on 1000000/second   # one key A/B (ab.py)
 
 Core 0 runs the server under test; core 1 runs wrk, the upstream and this
 script. See benchmarks/README.md for what every number means.
@@ -151,6 +152,10 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["ab"]:
+        import ab
+
+        return ab.main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per server")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured wrk first")
