@@ -30,6 +30,7 @@ from . import (
     logs,
     methods,
     openapi,
+    proxies,
     reload,
     runner,
     stream,
@@ -165,6 +166,9 @@ class Gateway:
         # Ambiguous framing (Content-Length + Transfer-Encoding) is refused before Quart runs.
         app.asgi_app = guard.FramingGuard(  # type: ignore[method-assign]
             app.asgi_app, lambda: self.config.gateway.strategy)
+        # Outermost: behind a trusted proxy, scope["client"] is the real client for all below.
+        app.asgi_app = proxies.ClientAddress(  # type: ignore[method-assign]
+            app.asgi_app, lambda: self.config.limits.trusted_proxies)
         jobs.register(self)
         reload.register(self)  # SIGHUP
         if self.config.gateway.cors_origins:
