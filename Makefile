@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	GATEWAY_LOAD_REQUESTS=10000 $(BIN)/pytest -q -s tests/test_load.py  # the 10k storm
 	$(BIN)/python benchmarks/hostile.py  # issue 11's floods: RSS and /healthz under attack
+	$(BIN)/python benchmarks/auth_cost.py  # issue 15: auth + limits on vs off, same run
 
 # Redraws docs/dashboard.png from a live demo (Debian's chromium; no browser is downloaded).
 screenshot: $(STAMP)
