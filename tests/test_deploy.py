@@ -171,14 +171,20 @@ async def test_long_and_large_responses_pass_through_nginx_whole(d: Deployment) 
     assert len(big.json()["data"]["b"]["items"]) == 20_000
 
 
-async def test_gateway_refusals_keep_their_envelope_through_nginx(d: Deployment) -> None:
-    """nginx's own limits sit above the gateway's, so the gateway answers, with its JSON."""
+async def test_oversize_requests_get_a_json_refusal_through_nginx(d: Deployment) -> None:
+    """The gateway refuses a long target and big headers itself (nginx's buffers are above
+    its limits); nginx refuses a big body at the same limit, so no 502 from a gateway that
+    refused the body before reading it, and its 413 is JSON too."""
     async with d.client() as client:
         long_target = await client.get("/r?q=" + "a" * 9000)
         big_headers = await client.get("/r", headers={"X-Big": "b" * 17_000})
         big_body = await client.post("/post", content=b"x" * 1_100_000,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "X-Request-ID": "big-body"})
     for response, status in ((long_target, 414), (big_headers, 431), (big_body, 413)):
         assert response.status_code == status, response.text[:200]
         assert response.headers["Content-Type"] == "application/json"
         assert response.json()["error"], response.text
+    assert big_body.json() == {"data": None, "meta": {"complete": False, "calls": {}},
+                               "error": "request body over 1048576 bytes"}
+    assert not [a for a in d.access() if a["request_id"] == "big-body"]  # never forwarded
