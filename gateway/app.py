@@ -181,7 +181,7 @@ class Gateway:
         if self.origins.is_preflight(request.method, headers):
             return self._preflight()
         door = Door(HTTP, request.method, request.path, request.args, headers, read=_body,
-                    started=started)
+                    started=started, peer=_peer())
         try:
             target, ctx, body = await self.ingress.admit(door)
         except RequestError as error:
@@ -191,11 +191,17 @@ class Gateway:
         finally:
             if door.target is not None:  # the route template labels the request's metrics
                 g.gateway_target = door.target
-        if "prefer" in headers:  # `Prefer: respond-async`: 202 now, the work as a job
-            accepted = await jobs.respond_async(self, target, ctx, body)
-            if accepted is not None:
-                return accepted
-        return _respond(await self.run(target, ctx))
+        try:  # the door holds the client's concurrency slot until the answer is made
+            response: Response | None = None
+            if "prefer" in headers:  # `Prefer: respond-async`: 202 now, the work as a job
+                response = await jobs.respond_async(self, target, ctx, body)
+            if response is None:
+                response = _respond(await self.run(target, ctx))
+        finally:
+            door.close()
+        if 200 <= response.status_code < 300:  # `RateLimit` on every 2xx (SPEC 9)
+            response.headers.update(door.response_headers)
+        return response
 
     def _error(self, status: int, message: str, headers: HeaderMap,
                started: float) -> Response:
@@ -281,6 +287,13 @@ async def _body(_target: Target) -> bytes:
     """The request's body, read only once routing says the endpoint wants one."""
     data = await request.get_data(cache=False, as_text=False)
     return data if isinstance(data, bytes) else data.encode()
+
+
+def _peer() -> str | None:
+    """The client's address: the ASGI scope's, which `proxies.ClientAddress` made the real
+    client behind a trusted proxy (Quart sets no `remote_addr` of its own)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _respond(result: Result) -> Response:

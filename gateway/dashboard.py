@@ -99,7 +99,9 @@ def register(gw: Gateway) -> None:
                          415)
         message = await request.get_json(silent=True)
         try:
-            return _json(await run_json(gw, message, request.headers))
+            client = request.scope.get("client")
+            return _json(await run_json(gw, message, request.headers,
+                                        peer=str(client[0]) if client else None))
         except RequestError as error:
             return _json({"error": str(error), "status": error.status}, 400)
 
@@ -166,7 +168,8 @@ def breaker_state(runtime: Runtime | None, name: str) -> str:
     return "closed" if breaker is None else breaker.state.replace("_", "-")
 
 
-async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, Any]:
+async def run_json(gw: Gateway, message: Any, incoming: HeaderMap,
+                   peer: str | None = None) -> dict[str, Any]:
     """Run one endpoint as the page asks; the answer carries the entry to draw and the body.
 
     Compare sends `"cache": false` for both strategies: with the cache on, whichever
@@ -191,10 +194,13 @@ async def run_json(gw: Gateway, message: Any, incoming: HeaderMap) -> dict[str, 
     url = urlsplit(path)
     route_path, method = unquote(url.path), method.upper()
     door = Door(RUN, method, route_path, MultiDict(parse_qsl(url.query, keep_blank_values=True)),
-                headers, body=b"" if body is None else envelope.dumps(body))
+                headers, body=b"" if body is None else envelope.dumps(body), peer=peer)
     target, ctx, _ = await gw.ingress.admit(door)
     ctx.cache = cache
-    result = await gw.run(target, ctx)
+    try:
+        result = await gw.run(target, ctx)
+    finally:
+        door.close()  # the client's concurrency slot
     entry = make_entry(0, target, ctx, result)
     return {"status": result.status, "entry": entry.to_json(), "body": result.body,
             "cache": cache}

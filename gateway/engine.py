@@ -85,7 +85,8 @@ class _Run:
         self.records = {c.name: CallRecord(c.name, c.upstream) for c in plan.calls}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.failed: tuple[str, CallError] | None = None
-        self.inputs = Inputs(ctx.params, ctx.query, ctx.headers, ctx.body, self.replies)
+        self.inputs = Inputs(ctx.params, ctx.query, ctx.headers, ctx.body, self.replies,
+                             ctx.identity.claims, ctx.client)
 
     async def parallel(self) -> None:
         try:

@@ -2,7 +2,8 @@
 
 An upstream is *required* when some config endpoint has a non-optional call to it; the
 gateway is ready when it is serving and no required upstream's breaker is open (a
-half-open breaker is ready: its trial call is how it closes again). Code-defined views
+half-open breaker is ready: its trial call is how it closes again), and, with
+`auth.jwks_url`, the identity provider's keys were fetched once. Code-defined views
 say per call what is optional, so their upstreams do not count as required.
 """
 
@@ -46,7 +47,15 @@ def readiness(runtime: Runtime | None) -> tuple[bool, dict[str, Any]]:
                 entry["opened_by"] = list(breaker.opened_by)  # whose failures: breaker.py
                 ready = ready and not required
         upstreams[name] = entry
-    return ready, {"ready": ready, "upstreams": upstreams}
+    body: dict[str, Any] = {"ready": ready, "upstreams": upstreams}
+    jwks = runtime.jwks
+    if jwks is not None:  # the identity provider's keys: endpoints that need them 503 without
+        body["auth"] = {"jwks_url": jwks.url, "keys_loaded": jwks.loaded,
+                        "problem": jwks.problem}
+        if not jwks.loaded:
+            ready = body["ready"] = False
+            body["reason"] = f"identity provider keys unavailable: {jwks.problem}"
+    return ready, body
 
 
 def register(gw: Gateway) -> None:

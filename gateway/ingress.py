@@ -24,22 +24,30 @@ shape, `async def __call__(self, door) -> Refusal | None`, that returns a
 `Refusal` (status, one line, any headers such as `WWW-Authenticate` or
 `Retry-After`) or None; its state is built from the config in `__init__`.
 Then one line in `checks()`, in its place in the order. What it learns
-(who is calling) goes in `door.extras`, which becomes `ctx.extras`.
+(who is calling) goes in `door.extras`, which becomes `ctx.extras`; what it
+holds for the message's lifetime is released through `door.on_close`, which
+the entry point runs (`door.close()`) once the message is answered.
+
+Authentication (`auth/check.py`) and the limits (`limits/check.py`) are the
+checks of SPEC 9; they read their state from the runtime (the JWKS cache, the
+counters), so they refuse with 503 while the gateway is not serving.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
 from . import guard
+from .auth.check import AuthCheck
 from .config import STRATEGIES
 from .context import HeaderMap, RequestContext
+from .door import HANDSHAKE, HTTP, JOB, RUN, SOCKET, Door, Refusal
 from .errors import RequestError
+from .limits.check import LimitCheck
 from .origin import OriginPolicy
 from .plan import Plan
 from .result import Result, refusal, request_id, strategy_of
@@ -49,34 +57,8 @@ from .template import Inputs
 if TYPE_CHECKING:
     from .app import Gateway
 
-HTTP, HANDSHAKE, SOCKET, RUN, JOB = "http", "handshake", "ws", "run", "job"
-
-
-@dataclass(slots=True)
-class Door:
-    """One incoming message, whatever brought it; filled in as it goes through."""
-
-    kind: str  # HTTP, HANDSHAKE, SOCKET, RUN or JOB
-    method: str
-    path: str  # percent-decoded
-    query: Mapping[str, str]
-    headers: HeaderMap
-    body: bytes = b""
-    read: Callable[[Target], Awaitable[bytes]] | None = None  # reads the body, if it is wanted
-    started: float = field(default_factory=time.perf_counter)
-    target: Target | None = None  # set once routed
-    params: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)  # what checks learn -> ctx.extras
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """What a check answers instead of the endpoint: a status, one line, extra headers."""
-
-    status: int
-    message: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-
+__all__ = ["HANDSHAKE", "HTTP", "JOB", "RUN", "SOCKET", "Admitted", "Check", "Door", "Ingress",
+           "OriginCheck", "Refusal", "checks", "wants_body"]
 
 class _Refused(RequestError):
     """The ingress turned a message away; carries the check's headers."""
@@ -118,7 +100,8 @@ def checks(gw: Gateway) -> tuple[Check, ...]:
     """The checks every message meets, in the order SPEC 9 gives them."""
     return (
         OriginCheck(lambda: gw.origins),
-        # authentication, then rate limits (issue 15) go here
+        AuthCheck(lambda: gw.config.auth, gw.current_runtime),
+        LimitCheck(lambda: gw.config.limits, gw.current_runtime),
     )
 
 
@@ -135,15 +118,17 @@ class Ingress:
         if door.target is None:
             door.target, door.params = gw.router.match(door.path, door.method)
         target = door.target
-        await self._check(door)
-        body = door.body
-        if door.read is not None:
-            body = await door.read(target) if wants_body(target) else b""
-        ctx = self.context(target, door.params, method=door.method, path=door.path,
-                           query=door.query, headers=door.headers, body=body,
-                           started=door.started)
-        if door.extras:
-            ctx.extras.update(door.extras)
+        try:
+            await self._check(door)
+            body = door.body
+            if door.read is not None:
+                body = await door.read(target) if wants_body(target) else b""
+            ctx = self.context(target, door.params, method=door.method, path=door.path,
+                               query=door.query, headers=door.headers, body=body,
+                               started=door.started, extras=door.extras)
+        except BaseException:
+            door.close()  # refused (or cancelled) here: the entry point never runs it
+            raise
         return Admitted(target, ctx, body)
 
     async def handshake(self, door: Door) -> None:
@@ -159,16 +144,24 @@ class Ingress:
 
     def context(self, target: Target, params: Mapping[str, Any], *, method: str, path: str,
                 query: Mapping[str, str], headers: HeaderMap, body: bytes,
-                started: float | None = None) -> RequestContext:
-        """Check and parse what a request brings; raises `RequestError` for bad input."""
+                started: float | None = None,
+                extras: Mapping[str, Any] | None = None) -> RequestContext:
+        """Check and parse what a request brings; raises `RequestError` for bad input.
+
+        `extras` (what the checks learnt: the identity, the client key) is in the context
+        before the request values are checked, so a missing `{jwt.CLAIM}` is a 400 here.
+        """
         started = time.perf_counter() if started is None else started
         strategy = self._strategy(target, headers.get("x-gateway-strategy"))
         parsed = _parse_json(body) if body and wants_body(target) else None
         ctx = RequestContext(request_id=request_id(headers), method=method, path=path,
                              params=params, query=query, headers=headers, body=parsed,
                              strategy=strategy, started=started)
+        if extras:
+            ctx.extras.update(extras)
         if isinstance(target, Plan):
-            target.check_request(Inputs(params, query, headers, parsed, {}))
+            target.check_request(Inputs(params, query, headers, parsed, {},
+                                        ctx.identity.claims, ctx.client))
         return ctx
 
     async def _check(self, door: Door) -> None:

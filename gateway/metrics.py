@@ -18,6 +18,15 @@
     gateway_config_reloads_total{result}                         SIGHUP reloads, ok / refused
     gateway_memory_budget_exhausted_total                        calls failed because the
                                                                  process held max_buffered_bytes
+    gateway_auth_failures_total{reason}                          refused credentials: missing,
+                                                                 invalid_token, expired,
+                                                                 invalid_api_key,
+                                                                 insufficient_scope,
+                                                                 keys_unavailable
+    gateway_rate_limited_total{endpoint}                         429s of the rate/concurrency
+                                                                 limits, by route template
+    gateway_limits_store_errors_total                            limit checks the store could
+                                                                 not answer (let through)
 
 `outcome` is ok, cached, client_error (an upstream 4xx), error, timeout or circuit_open.
 `endpoint` is the route template (`/dashboard/<int:user_id>`), never the raw path, so the
@@ -54,6 +63,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("ok", "cached", "client_error", "error", "timeout", "circuit_open")
 UNMATCHED = "unmatched"
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+AUTH_REASONS = ("missing", "invalid_token", "expired", "invalid_api_key", "insufficient_scope",
+                "keys_unavailable")
 
 
 def multiprocess_mode() -> bool:
@@ -132,6 +143,18 @@ class Metrics:
             "gateway_memory_budget_exhausted",
             "Upstream calls failed because bodies in flight filled gateway.max_buffered_bytes.",
             registry=r)
+        self.auth_failures = Counter("gateway_auth_failures",
+                                     "Messages refused by authentication, by reason.",
+                                     ["reason"], registry=r)
+        for reason in AUTH_REASONS:
+            self.auth_failures.labels(reason)
+        self.rate_limited_total = Counter(
+            "gateway_rate_limited", "Messages refused by the rate or concurrency limits.",
+            ["endpoint"], registry=r)
+        self.limits_store_errors = Counter(
+            "gateway_limits_store_errors",
+            "Limit checks the store (Redis) could not answer; the request was let through.",
+            registry=r)
         if not self.multiprocess:  # custom collectors do not work in multiprocess mode
             ProcessCollector(registry=r)
             GCCollector(registry=r)
@@ -150,6 +173,17 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def auth_failure(self, reason: str) -> None:
+        """One refusal of authentication; `reason` is one of `AUTH_REASONS`."""
+        self.auth_failures.labels(reason).inc()
+
+    def rate_limited(self, endpoint: str) -> None:
+        """One 429 of the limits; `endpoint` is the route template (bounded)."""
+        self.rate_limited_total.labels(endpoint).inc()
+
+    def limits_store_error(self) -> None:
+        self.limits_store_errors.inc()
 
     def job(self, state: str) -> None:
         """Count a job entering `state` (queued, running, succeeded, failed, canceled...)."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from .config import Config, EndpointConfig, route_params
+from .config.auth import EndpointAccess
 from .errors import CallInputError, ConfigError, RequestError
 from .hooks import Combine, hook_folder, import_hook
 from .template import (
@@ -112,6 +113,7 @@ class Plan:
     needs_body: bool
     combine: Combine | None
     combine_is_async: bool
+    access: EndpointAccess = field(default_factory=EndpointAccess)  # auth/check.py
 
     def check_request(self, inputs: Inputs) -> None:
         """Raise `RequestError` (400) for a missing or unusable request value.
@@ -201,6 +203,7 @@ def compile_plan(endpoint: EndpointConfig, combine: Combine | None = None) -> Pl
         needs_body=needs_body,
         combine=combine,
         combine_is_async=combine is not None and inspect.iscoroutinefunction(combine),
+        access=endpoint.access,
     )
 
 

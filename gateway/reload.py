@@ -5,8 +5,9 @@ refused with the same `key.path: reason` lines and the running config stays. A v
 takes over at one instant: the `Router` (immutable) is swapped whole, so a request in
 flight finishes on the plan it matched. Unchanged upstreams keep their client, breaker
 and cache; new or changed ones get new ones, and the ones they replace are closed once
-their calls in flight are done. `[jobs]`, `gateway.dashboard`, `gateway.log_format` and
-switching CORS on or off need a restart: a reload keeps their running values and says so.
+their calls in flight are done. `[jobs]`, `[auth]`, `[limits]`, `gateway.dashboard`,
+`gateway.log_format` and switching CORS on or off need a restart: a reload keeps their
+running values and says so.
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ def _keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
     kept = []
     if new.jobs != old.jobs:
         kept.append("[jobs]")
+    if new.auth != old.auth:  # the JWKS cache and the API keys are built at start
+        kept.append("[auth]")
+    if new.limits != old.limits:  # the counters' store is opened at start
+        kept.append("[limits]")
     settings = new.gateway
     if settings.dashboard != old.gateway.dashboard:
         kept.append("gateway.dashboard")
@@ -165,7 +170,7 @@ def _keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
     if bool(settings.cors_origins) != bool(old.gateway.cors_origins):
         kept.append("gateway.cors_origins (on/off)")
         settings = replace(settings, cors_origins=old.gateway.cors_origins)
-    return replace(new, jobs=old.jobs, gateway=settings), kept
+    return replace(new, jobs=old.jobs, auth=old.auth, limits=old.limits, gateway=settings), kept
 
 
 async def _prepare(runtime: Runtime, config: Config) -> tuple[dict[str, Upstream],

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+
 from . import allocator
+from .auth.authenticator import Authenticator
+from .auth.jwks import JwksCache
 from .budget import MemoryBudget
 from .config import Config, UpstreamConfig
 from .jobs.store import JobStore
+from .limits.ratelimit import Concurrency, RateLimiter
 from .metrics import Metrics
 from .reader import INFLATING
 from .recent import Recent
@@ -40,6 +45,20 @@ class Runtime:
         self._retired: dict[Upstream, asyncio.Task[None]] = {}  # replaced by a reload
         self.recent = Recent()  # the last requests, for the dashboard
         self.jobs: JobStore | None = None  # opened by gateway.jobs while the app serves
+        self._open_access(config)
+
+    def _open_access(self, config: Config) -> None:
+        """[auth] and [limits] state: the JWKS cache, the counters (restart to change)."""
+        auth, limits = config.auth, config.limits
+        self._idp: httpx.AsyncClient | None = None
+        self.jwks: JwksCache | None = None
+        if auth.jwks_url is not None:
+            self._idp = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+            self.jwks = JwksCache(auth.jwks_url, self._idp)
+        self.authenticator = Authenticator(auth, self.jwks) if auth.enabled else None
+        self.limiter = RateLimiter(limits.store, on_store_error=self.metrics.limits_store_error)
+        self.concurrency = (Concurrency(limits.concurrency)
+                            if limits.concurrency is not None else None)
 
     def new_upstream(self, config: UpstreamConfig, runtime_config: Config | None = None
                      ) -> Upstream:
@@ -77,6 +96,8 @@ class Runtime:
     async def start(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.start()
+        if self.jwks is not None:  # down at start: retried in its own task, never fatal
+            await self.jwks.start()
 
     async def close(self) -> None:
         if self._trim is not None:
@@ -84,6 +105,11 @@ class Runtime:
             self._trim = None
         for upstream in self.upstreams.values():
             await upstream.close()
+        if self.jwks is not None:
+            await self.jwks.close()
+        if self._idp is not None:
+            await self._idp.aclose()
+        await self.limiter.close()
         retired = dict(self._retired)
         for task in retired.values():
             task.cancel()

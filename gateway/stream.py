@@ -91,7 +91,9 @@ class Stream:
     async def _serve(self, scope: WebsocketScope, receive: ASGIReceiveCallable,
                      send: ASGISendCallable) -> None:
         headers = _handshake_headers(scope)
-        door = Door(HANDSHAKE, "GET", _path(scope), {}, headers)
+        client = scope.get("client")
+        peer = str(client[0]) if client else None  # the real client (proxies.py)
+        door = Door(HANDSHAKE, "GET", _path(scope), {}, headers, peer=peer)
         try:
             await self.gw.ingress.handshake(door)
         except RequestError as error:  # e.g. a browser origin outside cors_origins: 403
@@ -99,6 +101,7 @@ class Stream:
             return
         await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
         connection = _Connection(self.gw, self.gw.config.websocket, headers, receive, send)
+        connection.peer = peer
         if self.leaving:  # accepted in the instant the listener was closing
             await connection.close(1001, "server shutting down")
             return
@@ -121,6 +124,7 @@ class _Connection:
         self.gw = gw
         self.limits = limits  # as when the socket opened: a reload applies to new sockets
         self.headers = headers
+        self.peer: str | None = None  # the client's address, for the limits' key = "ip"
         self.receive = receive
         self.send = send
         self.in_flight: dict[Any, asyncio.Task[None]] = {}
@@ -236,7 +240,8 @@ class _Connection:
         # Not urlsplit: "//host/x" would lose "host" as a netloc and "//[x" raises ValueError.
         raw_path, _, raw_query = path.partition("?")
         query = MultiDict(parse_qsl(raw_query.partition("#")[0], keep_blank_values=True))
-        door = Door(SOCKET, method.upper(), unquote(raw_path), query, headers, body=body)
+        door = Door(SOCKET, method.upper(), unquote(raw_path), query, headers, body=body,
+                    peer=self.peer)
         target, ctx, _ = await self.gw.ingress.admit(door)
         return target, ctx
 

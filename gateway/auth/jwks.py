@@ -148,6 +148,11 @@ class JwksCache:
             await asyncio.wait([self._retry])
             self._retry = None
 
+    @property
+    def loaded(self) -> bool:
+        """Whether a key set was fetched (a later failed refresh keeps it)."""
+        return self._keys is not None
+
     def keys(self) -> KeySet:
         if self._keys is None:
             raise KeysUnavailable(f"identity provider keys unavailable: {self.problem}")

@@ -90,15 +90,19 @@ class RateLimiter:
     def tracked(self) -> int:
         return len(self._clients)
 
-    async def hit(self, policy: str, rate: Rate, client: str) -> Window | None:
+    async def hit(self, policy: str, rate: Rate, client: str,
+                  bucket: str | None = None) -> Window | None:
         """Count one request; its window afterwards (`remaining` < 0 = refused).
 
-        None when the store is unavailable: the request passes (fail open).
+        `policy` names the window in the headers; `bucket` (default: the policy) keeps
+        the counters apart, e.g. one per endpoint. None when the store is unavailable:
+        the request passes (fail open).
         """
-        item = rate.item(f"gw-{policy}")
+        bucket = bucket or policy
+        item = rate.item(f"gw-{bucket}")
         try:
             if self._memory:
-                await self._track(policy, client, item)
+                await self._track(bucket, client, item)
             allowed = await self._limiter.hit(item, client)
             stats = await self._limiter.get_window_stats(item, client)
         except (StorageError, OSError, ConnectionError) as exc:
