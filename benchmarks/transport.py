@@ -21,7 +21,9 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# This checkout's `gateway` unless PYTHONPATH names another (an A/B of two revisions).
+sys.path.insert(0 if not os.environ.get("PYTHONPATH") else len(sys.path),
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 UPSTREAM_CODE = """
 import asyncio, sys, uvloop
@@ -120,6 +122,35 @@ async def _variant_ours_transport() -> tuple[Call, Callable[[], Awaitable[None]]
     return call, transport.aclose
 
 
+async def _variant_upstream(config: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """The gateway's whole per-call path: `Upstream.call` (its layers and wire), metrics on."""
+    from gateway.config import load_config
+    from gateway.metrics import Metrics
+    from gateway.upstream import Upstream
+
+    base = os.environ["UPSTREAM"]
+    raw = {"gateway": {"timeout": 5.0},
+           "upstreams": {"u": {"url": base, **_UPSTREAM_KEYS[config]}}}
+    settings = load_config(raw, env={})
+    upstream = Upstream(settings.upstreams["u"], settings.gateway,
+                        metrics=Metrics().upstream("u"))
+    await upstream.start()
+    headers = upstream.outgoing_headers({}, "bench")
+
+    async def call(url: str) -> bytes:
+        reply = await upstream.call("GET", url[len(base):], headers)
+        return b"" if reply.data is None else b"x"
+
+    return call, upstream.close
+
+
+# What each `Upstream.call` variant adds to the upstream's config.
+_UPSTREAM_KEYS: dict[str, dict[str, object]] = {
+    "default": {},
+    "retries+breaker": {"retries": 2, "breaker": {"failures": 5, "reset": 30.0}},
+}
+
+
 async def _variant_aiohttp() -> tuple[Call, Callable[[], Awaitable[None]]]:
     import aiohttp
 
@@ -139,6 +170,9 @@ VARIANTS = {
     "httpx + ours, Request built directly, client.send": _variant_ours_request,
     "httpx + ours, transport.handle_async_request": _variant_ours_transport,
     "aiohttp ClientSession (reference)": _variant_aiohttp,
+    "gateway Upstream.call (pipeline + wire), default upstream": lambda: _variant_upstream(
+        "default"),
+    "gateway Upstream.call, retries + breaker": lambda: _variant_upstream("retries+breaker"),
 }
 
 
@@ -177,6 +211,7 @@ def main() -> None:
         import uvloop
 
         base = f"http://127.0.0.1:{port}"
+        os.environ["UPSTREAM"] = base
         results: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for name, make in VARIANTS.items():

@@ -19,20 +19,18 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 
 from .cache import Headers, vary_key
 from .config import Batch
+from .context import Tally, counting, current_call
 from .errors import CallError, UpstreamBadReply, UpstreamStatus, UpstreamUnavailable
-from .retry import Tally, counting, current_call
+from .pipeline import Reply
 
-if TYPE_CHECKING:
-    from .upstream import Reply
-
-Send = Callable[[str, Headers], Awaitable["Reply"]]
+Send = Callable[[str, Headers], Awaitable[Reply]]
 
 
 class _Open:
@@ -88,8 +86,8 @@ class Batcher:
         del self._open[group]
         if batch.timer is not None:
             batch.timer.cancel()
-        # A fresh context: the batch serves many requests, so no one request's deadline
-        # (a context variable of whoever opened the batch) may cut it short.
+        # A fresh context: the batch serves many requests, so no one request's call tally
+        # (a context variable of whoever opened the batch) may count its attempts.
         task = asyncio.get_running_loop().create_task(self._run(batch),
                                                       context=contextvars.Context())
         self._tasks.add(task)

@@ -1,9 +1,17 @@
-"""What one incoming request brings; handed to `combine` hooks and fan-out views."""
+"""What one incoming request brings; handed to `combine` hooks and fan-out views.
+
+The request's deadline travels on its `RequestContext` (`deadline`, set by whoever
+runs the request, read by the upstream calls it makes). The one context variable here
+is the `Tally` of the call a task is making: the runner opens it around a call and
+the layers under it (retries, breaker, batching) count into it, however deep they are.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -32,6 +40,9 @@ class RequestContext:
     started: float  # time.perf_counter() when the request arrived
     extras: dict[str, Any] = field(default_factory=dict)  # free for hooks and middleware
     cache: bool = True  # False: no reply cache read or filled (the dashboard's Compare)
+    # The deadline as event-loop time, once the request runs (`lifecycle.within`): retries
+    # never start what it would cut short.
+    deadline: float | None = None
 
     @property
     def identity(self) -> Identity:
@@ -48,3 +59,31 @@ class RequestContext:
     def remaining(self, deadline: float) -> float:
         """Seconds left of a `deadline` counted from the request's arrival (never negative)."""
         return max(deadline - (time.perf_counter() - self.started), 0.0)
+
+
+@dataclass(slots=True)
+class Tally:
+    """The call this task is making: who makes it (for the breaker's messages) and the
+    attempts started so far, readable when the call is cut off before it can report them."""
+
+    label: str
+    attempts: int = 0
+
+
+_tally: ContextVar[Tally | None] = ContextVar("gateway_call_tally", default=None)
+
+
+@contextmanager
+def counting(label: str) -> Iterator[Tally]:
+    """Count the attempts of the call made inside this block (one call per block)."""
+    tally = Tally(label)
+    token = _tally.set(tally)
+    try:
+        yield tally
+    finally:
+        _tally.reset(token)
+
+
+def current_call() -> Tally | None:
+    """The `Tally` of the call being made in this task, if its maker keeps one."""
+    return _tally.get()

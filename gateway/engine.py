@@ -19,9 +19,10 @@ from .context import RequestContext
 from .envelope import CallRecord, dumps, failure_status
 from .errors import CallError, UpstreamUnavailable
 from .lifecycle import OnCall, timed_call, within
+from .pipeline import Reply
 from .plan import CallPlan, Plan
 from .template import Inputs
-from .upstream import Reply, Upstream
+from .upstream import Upstream
 
 
 class _RequiredFailed(Exception):
@@ -141,7 +142,7 @@ class _Run:
         if call.body is not None:
             body = dumps(call.body.render(self.inputs, call.name))
         return await upstream.call(call.method, call.render_url(self.inputs), headers, body,
-                                   cache=self.ctx.cache)
+                                   cache=self.ctx.cache, deadline=self.ctx.deadline)
 
     def _notify(self, record: CallRecord, data: Any) -> None:
         if self.on_call is not None:

@@ -121,7 +121,8 @@ class Fan:
         label = f"{'optional ' if call.optional else ''}call '{call.name}' of {self._route}"
         try:
             reply = await timed_call(record, self.ctx, label, partial(
-                upstream.call, call.method, url, headers, body, cache=self.ctx.cache))
+                upstream.call, call.method, url, headers, body, cache=self.ctx.cache,
+                deadline=self.ctx.deadline))
         except CallError:
             self._notify(record, None)
             if not call.optional:

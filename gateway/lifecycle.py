@@ -1,7 +1,7 @@
 """One call's lifecycle, the same whether a config plan (`engine.py`) or a view (`fan.py`) makes it.
 
 A call is stamped with its start (offset from the request's arrival), counted
-by the retry loop (`retry.counting`, so a call cut off mid-retry still says
+by the retry layer (`context.counting`, so a call cut off mid-retry still says
 how many attempts it made), timed, and recorded as succeeded or failed; the
 caller then decides what a failure means (a required call raises, an
 optional one takes its default) and reports the record (`OnCall`: `/ws`
@@ -15,11 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .context import RequestContext
+from .context import RequestContext, counting
 from .envelope import CallRecord
 from .errors import CallError
-from .retry import counting, start_deadline
-from .upstream import Reply
+from .pipeline import Reply
 
 # Told about each call as it finishes: its record and its result (None if it failed).
 OnCall = Callable[[CallRecord, Any], None]
@@ -48,10 +47,11 @@ async def timed_call(record: CallRecord, ctx: RequestContext, label: str,
 
 
 def within(ctx: RequestContext, deadline: float) -> asyncio.Timeout:
-    """The request's deadline as a timeout, counted from its arrival; retries are told too.
+    """The request's deadline as a timeout, counted from its arrival; `ctx` is told too.
 
     The engine, a code view and a `combine` hook all run under it: one clock per request.
+    Its calls pass `ctx.deadline` down, so retries never start what it would cut short.
     """
     left = ctx.remaining(deadline)
-    start_deadline(left)  # retries never start what the deadline would cut short
+    ctx.deadline = asyncio.get_running_loop().time() + left
     return asyncio.timeout(left)

@@ -11,6 +11,7 @@ from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_
 
 from gateway import Fan, Gateway
 from gateway._httpserver import Handler, Request, Response, json_response
+from gateway.context import counting
 from gateway.errors import (
     CallError,
     UpstreamBadReply,
@@ -18,7 +19,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.retry import Backoff, Retrier, RetryBudget, counting, retryable
+from gateway.layers.retry import RetryLayer as Retrier
+from gateway.retry import Backoff, RetryBudget, retryable
 
 
 def statuses(*codes: int, delay: float = 0.0) -> Handler:
