@@ -29,22 +29,12 @@ class RetryLayer(RetryPolicy):
         self._metrics = metrics
 
     async def __call__(self, call: Call, next: Next) -> Reply:
-        reply, attempts = await self.run(call.method, lambda: next(call), call.deadline)
-        reply.attempts = attempts
-        return reply
-
-    async def run(self, method: str, attempt: Callable[[], Awaitable[T]],
-                  deadline: float | None = None) -> tuple[T, int]:
-        """`attempt()`'s result and the number of attempts; raises the last `CallError`.
-
-        `deadline` is the request's (loop time): a retry never starts what it would cut short.
-        """
         loop = asyncio.get_running_loop()
         now = loop.time()
         end = now + self.timeout
-        retries = self.retries_for(method, now)
-        if retries and deadline is not None:
-            end = min(end, deadline)
+        retries = self.retries_for(call.method, now)
+        if retries and call.deadline is not None:
+            end = min(end, call.deadline)  # a retry never starts what the deadline cuts short
         tally = current_call()
         n = 0
         while True:
@@ -57,7 +47,9 @@ class RetryLayer(RetryPolicy):
             began = loop.time()
             try:
                 async with asyncio.timeout_at(limit):
-                    return await attempt(), n
+                    reply = await next(call)
+                reply.attempts = n
+                return reply
             except TimeoutError:
                 error = UpstreamTimeout(self.timeout_message(limit, end))
             except CallError as exc:
@@ -73,6 +65,18 @@ class RetryLayer(RetryPolicy):
             if self._metrics is not None:
                 self._metrics.retry()
             await asyncio.sleep(delay)
+
+    async def run(self, method: str, attempt: Callable[[], Awaitable[T]],
+                  deadline: float | None = None) -> tuple[T, int]:
+        """The same loop around any `attempt()`: its result and the number of attempts."""
+        results: list[T] = []
+
+        async def once(call: Call) -> Reply:
+            results.append(await attempt())
+            return Reply(0, None)
+
+        reply = await self(Call(method, "", [], deadline=deadline), once)
+        return results[-1], reply.attempts
 
 
 class TimeoutLayer:

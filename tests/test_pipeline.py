@@ -1,0 +1,102 @@
+"""The upstream pipeline: layers in their order, bound once, and an off feature left out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from support import UpstreamFactory, make_config, reply
+
+from gateway.config import parse_config
+from gateway.context import RequestContext
+from gateway.errors import UpstreamStatus
+from gateway.layers.breaker import BreakerLayer
+from gateway.layers.budget import BodyLayer
+from gateway.layers.cache import CacheLayer, SingleFlightLayer
+from gateway.layers.measure import MetricsLayer
+from gateway.layers.retry import RetryLayer, TimeoutLayer
+from gateway.layers.slot import SlotLayer
+from gateway.lifecycle import within
+from gateway.metrics import Metrics
+from gateway.pipeline import Call, Next, Reply, chain
+from gateway.upstream import Upstream
+
+
+class _Tag:
+    """A layer that notes its name on the way down and on the way up."""
+
+    def __init__(self, name: str, seen: list[str]) -> None:
+        self.name = name
+        self.seen = seen
+
+    async def __call__(self, call: Call, next: Next) -> Reply:
+        self.seen.append(f"{self.name}>")
+        reply = await next(call)
+        self.seen.append(f"<{self.name}")
+        return reply
+
+
+async def test_a_chain_runs_its_layers_outermost_first_and_unwinds_in_reverse() -> None:
+    seen: list[str] = []
+
+    async def wire(call: Call) -> Reply:
+        seen.append(f"wire {call.method} {call.target}")
+        return Reply(200, {"ok": True})
+
+    send = chain([_Tag("a", seen), _Tag("b", seen)], wire)
+    assert (await send(Call("GET", "/x", []))).data == {"ok": True}
+    assert seen == ["a>", "b>", "wire GET /x", "<b", "<a"]
+    seen.clear()
+    await send(Call("GET", "/y", []))  # the same links, reused
+    assert seen == ["a>", "b>", "wire GET /y", "<b", "<a"]
+
+
+def _layers(upstream: Upstream) -> list[type[Any]]:
+    out: list[type[Any]] = []
+    link: Any = upstream._send
+    while link is not upstream.wire:
+        out.append(type(link.layer))
+        link = link.next
+    return out
+
+
+def _upstream(keys: dict[str, Any], metrics: bool) -> Upstream:
+    config = parse_config(make_config({"u": {"url": "http://127.0.0.1:9", **keys}}), env={})
+    return Upstream(config.upstreams["u"], config.gateway,
+                    metrics=Metrics().upstream("u") if metrics else None)
+
+
+def test_an_upstream_without_optional_features_has_only_the_layers_every_call_needs() -> None:
+    assert _layers(_upstream({}, metrics=False)) == [TimeoutLayer, BodyLayer, SlotLayer]
+
+
+def test_every_feature_on_puts_its_layer_in_the_documented_order() -> None:
+    keys = {"cache_ttl": 5.0, "retries": 2, "breaker": {"failures": 3, "reset": 5.0}}
+    assert _layers(_upstream(keys, metrics=True)) == [
+        MetricsLayer, CacheLayer, SingleFlightLayer, BreakerLayer, RetryLayer, BodyLayer,
+        SlotLayer]
+
+
+async def test_within_puts_the_request_deadline_on_its_context() -> None:
+    ctx = RequestContext("rid", "GET", "/x", {}, {}, {}, None, "parallel", time.perf_counter())
+    async with within(ctx, 2.0):
+        assert ctx.deadline is not None
+        left = ctx.deadline - asyncio.get_running_loop().time()
+        assert 1.5 < left <= 2.0
+
+
+async def test_a_deadline_passed_to_a_call_stops_its_retries(upstream: UpstreamFactory) -> None:
+    failing = await upstream(reply({"e": 1}, status=503, delay=0.05))
+    config = parse_config(make_config({"u": {"url": failing, "retries": 5, "timeout": 5.0}}),
+                          env={})
+    up = Upstream(config.upstreams["u"], config.gateway)
+    await up.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 0.12
+        with pytest.raises(UpstreamStatus):  # the 503, once no retry fits before the deadline
+            await up.call("GET", "/", [], deadline=deadline)
+        assert 1 <= failing.requests <= 3  # 5 retries allowed within the 5 s timeout
+    finally:
+        await up.close()
