@@ -30,7 +30,7 @@ from quart import Response
 from werkzeug.routing import AnyConverter, IntegerConverter, Map
 from werkzeug.routing.rules import parse_converter_args
 
-from . import envelope
+from . import envelope, openapi_access
 from .config import STRATEGIES, Config
 from .plan import CallPlan, Plan
 from .result import REQUEST_ID_PATTERN
@@ -106,6 +106,9 @@ def document(config: Config, router: Router) -> dict[str, Any]:
         "paths": paths,
         "components": _components(),
     }
+    schemes = openapi_access.security_schemes(config.auth)
+    if schemes:
+        doc["components"]["securitySchemes"] = schemes
     # The version names the contract: it changes exactly when the document does.
     doc["info"]["version"] = hashlib.sha256(envelope.dumps(doc)).hexdigest()[:12]
     return doc
@@ -190,6 +193,7 @@ def _operation(config: Config, target: Target, route: str, method: str) -> dict[
     op["parameters"] = params
     op["responses"] = _responses(data, reads_body=reads_body, code=code,
                                  breaker=_guarded(config, target))
+    openapi_access.apply(op, config, target, _error)  # security, 401/403/429
     return op
 
 
