@@ -48,13 +48,9 @@ _RATE_FIELDS = {
 _RETRY_AFTER = {"Retry-After": _header("seconds to wait before the next attempt")}
 
 
-def access_of(config: Config, target: Target) -> EndpointAccess:
+def access_of(target: Target) -> EndpointAccess:
     """The endpoint's `auth`, `scopes` and `rate` (a code view has the defaults)."""
-    if isinstance(target, Plan):
-        for ep in config.endpoints:
-            if ep.route == target.route and ep.method == target.method:
-                return ep.access
-    return _DEFAULT
+    return target.access if isinstance(target, Plan) else _DEFAULT
 
 
 def security_schemes(auth: AuthSettings) -> dict[str, Any]:
@@ -97,7 +93,7 @@ def limited(config: Config, access: EndpointAccess) -> tuple[bool, bool]:
 
 def apply(op: dict[str, Any], config: Config, target: Target, error: ErrorResponse) -> None:
     """Add the operation's `security` and the responses its auth and limits can give."""
-    access = access_of(config, target)
+    access = access_of(target)
     required = security(config.auth, access)
     if required is not None:
         op["security"] = required
