@@ -129,3 +129,39 @@ def test_without_auth_and_limits_the_document_adds_nothing() -> None:
         for operation in item.values():
             assert "security" not in operation
             assert not {"401", "403", "429"} & operation["responses"].keys()
+
+
+def test_schemathesis_finds_every_auth_and_limit_answer_documented() -> None:
+    """Against the in-process app with [auth] and [limits] on: whatever schemathesis sends
+    (no token, a made-up X-API-Key, a burst past /me's rate), the answer is documented."""
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.python import asgi
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    config = _config({"secret": SECRET, "api_keys": {"partner-a": KEY}, "required": True},
+                     {"rate": "1000/second", "concurrency": 8})
+    app = Gateway(config).app
+    statuses: set[int] = set()
+    try:
+        schema = schemathesis.openapi.from_asgi("/_gateway/openapi.json", app)
+
+        @settings(max_examples=60, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=schema.as_strategy())
+        def check(case: Any) -> None:
+            response = case.call()
+            statuses.add(response.status_code)
+            assert response.status_code != 500, response.text
+            case.validate_response(response, checks=[
+                status_code_conformance, content_type_conformance,
+                response_headers_conformance, response_schema_conformance])
+
+        check()
+    finally:
+        asgi.shutdown_lifespans()
+    assert 401 in statuses  # the door refused, as documented
