@@ -1,5 +1,9 @@
 """The job API: `Prefer: respond-async` on any aggregate request, `GET`/`DELETE /jobs/{id}`.
 
+A job submitted with a token or an API key belongs to that caller (`JobRequest.owner`):
+polling or cancelling it needs the same caller, and anyone else gets the 404 of an
+unknown id, so a job's existence does not leak.
+
 `register(gw)` adds the routes and opens the store while the app serves; the
 store lives on `gw.runtime.jobs`. Job responses carry `Cache-Control:
 no-store`: a result may hold private data, and its id is the only key to it.
@@ -14,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from quart import Response, request
 
 from .. import envelope
+from ..auth.authenticator import AuthFailure, KeysUnavailable
+from ..auth.check import KEYS_RETRY_AFTER, challenge
 from ..context import RequestContext
 from ..errors import ConfigError, JobsError
 from ..result import refusal
-from .model import valid_job_id
+from .model import owner_of, valid_job_id
 from .runner import Runner, capture
 from .store import REDIS_MISSING, JobStore, Timing, open_store, redis_available
 
@@ -94,12 +100,15 @@ async def show(gw: Gateway, job_id: str) -> Response:
     store = _store(gw)
     if store is None:
         return _unavailable()
+    caller = await _caller(gw)
+    if isinstance(caller, Response):
+        return caller
     try:
         view = await store.get(job_id) if valid_job_id(job_id) else None
     except JobsError as error:
         return _json({"error": str(error)}, 503, {"Retry-After": str(error.retry_after)})
-    if view is None:
-        return _unknown()
+    if view is None or (view.owner is not None and view.owner != caller):
+        return _unknown()  # another caller's job: as unknown as a made-up id
     if not view.finished:
         return _json(view.to_bytes(), 202, {"Retry-After": str(POLL_AFTER)})
     return _json(view.to_bytes(), 200)
@@ -109,8 +118,14 @@ async def cancel(gw: Gateway, job_id: str) -> Response:
     store = _store(gw)
     if store is None:
         return _unavailable()
+    caller = await _caller(gw)
+    if isinstance(caller, Response):
+        return caller
     try:
-        view = await store.cancel(job_id) if valid_job_id(job_id) else None
+        view = await store.get(job_id) if valid_job_id(job_id) else None
+        if view is not None and view.owner is not None and view.owner != caller:
+            return _unknown()
+        view = await store.cancel(job_id) if view is not None else None
     except JobsError as error:
         return _json({"error": str(error)}, 503, {"Retry-After": str(error.retry_after)})
     if view is None:
@@ -132,6 +147,27 @@ async def publish_counts(runtime: Runtime) -> None:
     except JobsError:
         return
     runtime.metrics.job_counts(counts)
+
+
+async def _caller(gw: Gateway) -> str | Response | None:
+    """The owner the polling request names (`owner_of`), or the refusal of its credentials.
+
+    Refused credentials are a 401 as on any endpoint (that says nothing about the job);
+    none, or another caller's, make someone else's job a 404.
+    """
+    runtime = gw.runtime
+    authenticator = None if runtime is None else runtime.authenticator
+    if authenticator is None:
+        return None
+    try:
+        identity = await authenticator.identify(request.headers)
+    except AuthFailure as failure:
+        value = challenge("invalid_token", failure.reason) if failure.token else challenge()
+        return _json({"error": failure.reason}, 401, {"WWW-Authenticate": value})
+    except KeysUnavailable as error:
+        return _json({"error": str(error)}, 503, {"Retry-After": str(KEYS_RETRY_AFTER)})
+    return owner_of({"kind": identity.kind, "client": identity.client,
+                     "claims": identity.claims})
 
 
 def _count(gw: Gateway, state: str) -> None:

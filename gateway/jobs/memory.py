@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import JobsSettings
 from ..errors import JobsBusy, JobsClosed
@@ -52,7 +52,8 @@ class _Job:
 
     def current(self) -> JobView:
         state: JobState = "running" if self.started_at is not None else "queued"
-        return JobView(self.id, state, self.created_at, self.started_at)
+        return JobView(self.id, state, self.created_at, self.started_at,
+                       owner=self.request.owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,7 @@ class MemoryStore(JobStore):
         if state is not None:
             view = JobView(job.id, state, job.created_at, job.started_at, now, None, None,
                            outcome.error)
+        view = replace(view, owner=job.request.owner)
         job.finished = True
         del self._jobs[job.id]
         with contextlib.suppress(ValueError):

@@ -56,9 +56,19 @@ class JobRequest:
     body: bytes
     request_id: str
     deadline: float  # the aggregate's own budget, seconds; jobs are stopped a little after
+    # Who submitted it (SPEC 9: a job keeps that identity): `Identity` as JSON, the client key.
+    identity: dict[str, Any] | None = None  # {"kind", "client", "claims"}; None = anonymous
+    client: str | None = None  # `{client}` when it was submitted
+
+    @property
+    def owner(self) -> str | None:
+        """Who may poll or cancel it: `owner_of(identity)`; None = whoever holds the id."""
+        return owner_of(self.identity)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "identity": self.identity,
+            "client": self.client,
             "method": self.method,
             "path": self.path,
             "query": self.query,
@@ -78,7 +88,26 @@ class JobRequest:
             body=base64.b64decode(raw["body"]),
             request_id=raw["request_id"],
             deadline=float(raw["deadline"]),
+            identity=raw.get("identity"),  # absent in the records of earlier versions
+            client=raw.get("client"),
         )
+
+
+def owner_of(identity: dict[str, Any] | None) -> str | None:
+    """The caller a job belongs to: a token's issuer and subject, or an API key's client.
+
+    Anonymous callers (and tokens without `sub`) own nothing: their job id, 144 random
+    bits, stays the only key to it, as without `[auth]`.
+    """
+    if not identity:
+        return None
+    kind, client = identity.get("kind"), identity.get("client")
+    if not isinstance(client, str):
+        return None
+    if kind == "jwt":
+        claims = identity.get("claims") or {}
+        return f"jwt {claims.get('iss', '')} {client}"
+    return f"api_key {client}" if kind == "api_key" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +180,7 @@ class JobView:
     http_status: int | None = None
     result_json: bytes | None = None
     error: str | None = None
+    owner: str | None = None  # `JobRequest.owner`; never shown
 
     @property
     def finished(self) -> bool:

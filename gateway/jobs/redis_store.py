@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -39,6 +40,7 @@ from .model import (
     Outcome,
     finished_view,
     new_job_id,
+    owner_of,
 )
 from .store import Execute, JobStore, Timing
 
@@ -92,7 +94,7 @@ class RedisStore(JobStore):
             raise _unavailable(exc) from None
         if job is None:  # 144 random bits collided: astronomically unlikely, still not ours
             raise JobsUnavailable("could not allocate a job id; try again")
-        return JobView(job_id, "queued", job.queued / 1000)
+        return JobView(job_id, "queued", job.queued / 1000, owner=request.owner)
 
     async def get(self, job_id: str) -> JobView | None:
         try:
@@ -169,6 +171,11 @@ class RedisStore(JobStore):
                 self._queue._redis_down(exc)
 
     def _view(self, job: Job) -> JobView:
+        request = job.kwargs.get("request") if job.kwargs else None
+        identity = request.get("identity") if isinstance(request, dict) else None
+        return replace(self._state_view(job), owner=owner_of(identity))
+
+    def _state_view(self, job: Job) -> JobView:
         created = job.queued / 1000
         started = job.started / 1000 if job.started else None
         finished = job.completed / 1000 if job.completed else None

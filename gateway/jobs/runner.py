@@ -1,8 +1,11 @@
 """A job's request in and out of the gateway: captured when accepted, replayed where it runs.
 
 Only what the aggregation can use is captured: method, path, query string,
-body, request id, and the headers some upstream forwards or some placeholder
-reads (plus `X-Gateway-Strategy`). Cookies and other headers are never stored.
+body, request id, the headers some upstream forwards or some placeholder
+reads (plus `X-Gateway-Strategy`), and who submitted it (the identity the
+checks found, and the client key): the replay is not checked again, it runs
+as that identity, so `{jwt.CLAIM}` and `{client}` are what they were at
+submission. Cookies and other headers are never stored.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from urllib.parse import parse_qsl
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from ..auth.identity import ANONYMOUS, Identity
 from ..config import HOP_BY_HOP
-from ..context import HeaderMap, RequestContext
+from ..context import CLIENT, IDENTITY, HeaderMap, RequestContext
 from ..errors import RequestError
 from ..ingress import JOB, Door
 from ..plan import Plan
@@ -49,8 +53,23 @@ def capture(gw: Gateway, target: Target, ctx: RequestContext, query_string: byte
     keep = captured_headers(gw)
     headers = tuple((name.lower(), value) for name, value in _items(ctx.headers)
                     if name.lower() in keep)
+    identity = ctx.identity
+    kept = None if identity.kind == "anonymous" else {
+        "kind": identity.kind, "client": identity.client, "claims": dict(identity.claims)}
     return JobRequest(ctx.method, ctx.path, query_string.decode("latin-1"), headers, body,
-                      ctx.request_id, target.deadline or gw.config.gateway.deadline)
+                      ctx.request_id, target.deadline or gw.config.gateway.deadline,
+                      identity=kept, client=ctx.client)
+
+
+def identity_of(job: JobRequest) -> Identity:
+    """The identity a job was submitted with, as its replay runs (claims, scopes, client)."""
+    kept = job.identity or {}
+    client = kept.get("client")
+    if kept.get("kind") == "jwt" and isinstance(kept.get("claims"), dict):
+        return Identity.from_claims(kept["claims"])
+    if kept.get("kind") == "api_key" and isinstance(client, str):
+        return Identity.from_api_key(client)
+    return ANONYMOUS
 
 
 class Runner:
@@ -68,7 +87,8 @@ class Runner:
             job.query.encode("latin-1").decode(errors="replace"), keep_blank_values=True,
             errors="werkzeug.url_quote"))
         # Checked when it was submitted; replayed here under the identity it had then.
-        door = Door(JOB, job.method, job.path, query, headers, body=job.body, started=started)
+        door = Door(JOB, job.method, job.path, query, headers, body=job.body, started=started,
+                    extras={IDENTITY: identity_of(job), CLIENT: job.client})
         try:
             target, ctx, _ = await gw.ingress.admit(door)
         except RequestError as error:  # e.g. the route went away in a config reload
