@@ -8,15 +8,20 @@
                                     "cache"}; `"cache": false` bypasses the reply cache
 
 `[gateway] dashboard = false` registers none of it, so every path answers 404.
-The page shows upstream URLs and can run any endpoint: protect it, or turn
-it off, in production.
+The API shows upstream URLs and runs endpoints, so `gateway.dashboard_auth`
+guards every `api/` path (the page's own files hold no data): `"off"` (anyone),
+`"auth"` (a token or API key that `[auth]` accepts), `"key"` (`X-Dashboard-Key`
+equal to `gateway.dashboard_key`, compared in constant time). Refused: 401 with
+`dashboard_auth` in the JSON, which the page reads to ask for the credential.
+A run then meets the endpoint's own checks as the page's caller, like any request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -25,6 +30,9 @@ from quart import Response, redirect, request
 from werkzeug.datastructures import MultiDict
 
 from . import envelope
+from .auth.authenticator import AuthFailure, KeysUnavailable
+from .auth.check import KEYS_RETRY_AFTER, challenge
+from .auth.identity import ANONYMOUS
 from .config import STRATEGIES, route_params
 from .context import HeaderMap
 from .errors import RequestError
@@ -55,7 +63,10 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 # Taken from the page's own request, never forwarded as given.
-_RUN_DROP = frozenset({"x-gateway-strategy", "x-request-id", "content-length", "content-type"})
+_RUN_DROP = frozenset({"x-gateway-strategy", "x-request-id", "content-length", "content-type",
+                       "x-dashboard-key"})
+KEY_HEADER = "X-Dashboard-Key"
+_REFUSED_STATUSES = (401, 403, 429, 503)  # the ingress's checks: passed on as they are
 
 
 def register(gw: Gateway) -> None:
@@ -103,17 +114,69 @@ def register(gw: Gateway) -> None:
             return _json(await run_json(gw, message, request.headers,
                                         peer=str(client[0]) if client else None))
         except RequestError as error:
-            return _json({"error": str(error), "status": error.status}, 400)
+            status = error.status if error.status in _REFUSED_STATUSES else 400
+            response = _json({"error": str(error), "status": error.status}, status)
+            response.headers.update(getattr(error, "headers", {}))  # WWW-Authenticate...
+            return response
+
+    def guarded(view: Callable[[], Awaitable[Response]]) -> Callable[[], Awaitable[Response]]:
+        async def check_then_view() -> Response:
+            return await _refusal(gw) or await view()
+
+        check_then_view.__name__ = view.__name__
+        return check_then_view
 
     app.add_url_rule(PREFIX, "gateway_page_bare", bare, methods=["GET"])
     app.add_url_rule(PREFIX + "/", "gateway_page", asset("index.html"), methods=["GET"])
     for name in ("dashboard.js", "style.css"):
         app.add_url_rule(f"{PREFIX}/{name}", f"gateway_page_{name}", asset(name), methods=["GET"])
-    app.add_url_rule(PREFIX + "/api/overview", "gateway_api_overview", overview, methods=["GET"])
-    app.add_url_rule(PREFIX + "/api/upstreams", "gateway_api_upstreams", upstreams,
+    app.add_url_rule(PREFIX + "/api/overview", "gateway_api_overview", guarded(overview),
                      methods=["GET"])
-    app.add_url_rule(PREFIX + "/api/recent", "gateway_api_recent", recent, methods=["GET"])
-    app.add_url_rule(PREFIX + "/api/run", "gateway_api_run", run, methods=["POST"])
+    app.add_url_rule(PREFIX + "/api/upstreams", "gateway_api_upstreams", guarded(upstreams),
+                     methods=["GET"])
+    app.add_url_rule(PREFIX + "/api/recent", "gateway_api_recent", guarded(recent), methods=["GET"])
+    app.add_url_rule(PREFIX + "/api/run", "gateway_api_run", guarded(run), methods=["POST"])
+
+
+async def _refusal(gw: Gateway) -> Response | None:
+    """None if `gateway.dashboard_auth` lets this request use the API, else its 401/503."""
+    settings = gw.config.gateway
+    mode = settings.dashboard_auth
+    if mode == "off":
+        return None
+    metrics = gw.current_runtime().metrics
+    if mode == "key":
+        given = request.headers.get(KEY_HEADER)
+        key = (settings.dashboard_key or "").encode()
+        if given is not None and key and hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), key):
+            return None
+        metrics.auth_failure("missing" if given is None else "invalid_api_key")
+        return _denied(f"the dashboard API needs its key in {KEY_HEADER}", mode, challenge())
+    authenticator = gw.current_runtime().authenticator
+    try:
+        identity = ANONYMOUS if authenticator is None else await authenticator.identify(
+            request.headers)
+    except AuthFailure as failure:
+        metrics.auth_failure(failure.metric)
+        value = challenge("invalid_token", failure.reason) if failure.token else challenge()
+        return _denied(failure.reason, mode, value)
+    except KeysUnavailable as error:
+        metrics.auth_failure("keys_unavailable")
+        response = _json({"error": str(error)}, 503)
+        response.headers["Retry-After"] = str(KEYS_RETRY_AFTER)
+        return response
+    if identity.kind == "anonymous":
+        metrics.auth_failure("missing")
+        kinds = authenticator.kinds() if authenticator is not None else "credentials"
+        return _denied(f"the dashboard API needs {kinds}", mode, challenge())
+    return None
+
+
+def _denied(message: str, mode: str, www_authenticate: str) -> Response:
+    response = _json({"error": message, "dashboard_auth": mode}, 401)
+    response.headers["WWW-Authenticate"] = www_authenticate
+    return response
 
 
 def overview_json(gw: Gateway) -> dict[str, Any]:

@@ -56,6 +56,9 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str | None = None) ->
     websocket = parse_websocket(c, c.table(top.get("websocket", {}), "websocket"))
     auth = parse_auth(c.fail, top.get("auth", {}), c.expand)
     limits = parse_limits(c.fail, top.get("limits", {}))
+    if settings.dashboard_auth == "auth" and not auth.enabled:
+        c.fail("gateway.dashboard_auth", '"auth" needs [auth] jwks_url, jwks_file, secret or '
+               "api_keys")
     upstreams: dict[str, UpstreamConfig] = {}
     upstreams_raw = c.table(top.get("upstreams", {}), "upstreams")
     for name, up_raw in upstreams_raw.items():

@@ -14,6 +14,7 @@ from .auth import AuthSettings, EndpointAccess, LimitsSettings
 
 STRATEGIES = ("parallel", "sequential")
 LOG_FORMATS = ("text", "json")
+DASHBOARD_AUTH = ("off", "auth", "key")  # gateway.dashboard_auth (dashboard.py)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 RESERVED_PREFIXES = ("/healthz", "/readyz", "/metrics", "/jobs", "/ws", "/_gateway")
 HOP_BY_HOP = frozenset(
@@ -100,6 +101,8 @@ class GatewaySettings:
     dashboard: bool = True
     max_buffered_bytes: int = 256 * 1024 * 1024  # all calls in flight together (budget.py)
     log_format: str = "text"  # "json": one object per line (logs.py)
+    dashboard_auth: str = "off"  # who may use /_gateway/api: anyone, [auth]'s callers, a key
+    dashboard_key: str | None = field(default=None, repr=False)  # dashboard_auth = "key"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from .checker import HEADER_NAME_RE, NAME_RE, Checker, is_origin, one_of
 from .checks import path_problem
 from .model import (
+    DASHBOARD_AUTH,
     HOP_BY_HOP,
     LOG_FORMATS,
     MANAGED_HEADERS,
@@ -30,7 +31,7 @@ def parse_gateway(c: Checker, raw: dict[str, Any]) -> GatewaySettings:
     d = GatewaySettings()
     c.unknown(raw, p, {"strategy", "timeout", "deadline", "max_request_bytes",
                        "max_upstream_bytes", "max_buffered_bytes", "cors_origins",
-                       "dashboard", "log_format"})
+                       "dashboard", "log_format", "dashboard_auth", "dashboard_key"})
     origins = c.strings(raw, p, "cors_origins") or ()
     for i, origin in enumerate(origins):
         if origin != "*" and not is_origin(origin):
@@ -45,7 +46,28 @@ def parse_gateway(c: Checker, raw: dict[str, Any]) -> GatewaySettings:
         cors_origins=origins,
         dashboard=c.boolean(raw, p, "dashboard", d.dashboard),
         log_format=c.string(raw, p, "log_format", d.log_format, one_of(LOG_FORMATS)),
+        dashboard_auth=c.string(raw, p, "dashboard_auth", d.dashboard_auth,
+                                one_of(DASHBOARD_AUTH)),
+        dashboard_key=_dashboard_key(c, raw, p),
     )
+
+
+MIN_DASHBOARD_KEY = 16  # characters, like an API key
+
+
+def _dashboard_key(c: Checker, raw: dict[str, Any], p: str) -> str | None:
+    key = c.string(raw, p, "dashboard_key", None)
+    mode = raw.get("dashboard_auth", "off")
+    if key is None:
+        if mode == "key":
+            c.fail(f"{p}.dashboard_key", 'needed by dashboard_auth = "key"')
+        return None
+    key = c.expand(f"{p}.dashboard_key", key)
+    if mode != "key":
+        c.fail(f"{p}.dashboard_key", 'only used with dashboard_auth = "key"')
+    elif len(key) < MIN_DASHBOARD_KEY:
+        c.fail(f"{p}.dashboard_key", f"must be at least {MIN_DASHBOARD_KEY} characters")
+    return key
 
 
 def parse_jobs(c: Checker, raw: dict[str, Any]) -> JobsSettings:

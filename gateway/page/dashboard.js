@@ -42,13 +42,40 @@
     return "badge badge-ok";
   }
 
-  async function api(path, options) {
-    const response = await fetch("api/" + path, Object.assign({ cache: "no-store" }, options));
+  // gateway.dashboard_auth: the API answers 401 with `dashboard_auth`; the page asks once
+  // for the credential, keeps it for this tab (sessionStorage) and sends it with every call.
+  const CREDENTIAL = "gateway-dashboard-credential";
+  let declined = false; // the prompt was cancelled: do not ask again at every poll
+
+  function credentialHeaders() {
+    const value = sessionStorage.getItem(CREDENTIAL);
+    if (!value) return {};
+    if (sessionStorage.getItem(CREDENTIAL + "-mode") === "key") return { "X-Dashboard-Key": value };
+    return value.split(".").length === 3 ? { Authorization: "Bearer " + value } : { "X-API-Key": value };
+  }
+
+  async function api(path, options, retried) {
+    const sent = sessionStorage.getItem(CREDENTIAL);
+    const request = Object.assign({ cache: "no-store" }, options);
+    request.headers = Object.assign({}, request.headers || {}, credentialHeaders());
+    const response = await fetch("api/" + path, request);
     let body = null;
     try {
       body = await response.json();
     } catch (_) {
       body = null;
+    }
+    if (response.status === 401 && body && body.dashboard_auth && !retried && !declined) {
+      if (sessionStorage.getItem(CREDENTIAL) !== sent) return api(path, options, true); // given meanwhile
+      const asked = window.prompt(body.dashboard_auth === "key"
+        ? "This dashboard needs its key (X-Dashboard-Key):"
+        : "This dashboard needs a token or an API key:");
+      if (asked && asked.trim()) {
+        sessionStorage.setItem(CREDENTIAL, asked.trim());
+        sessionStorage.setItem(CREDENTIAL + "-mode", body.dashboard_auth);
+        return api(path, options, true);
+      }
+      declined = true;
     }
     if (!response.ok) {
       const message = body && body.error ? body.error : response.status + " " + response.statusText;
