@@ -1,7 +1,8 @@
 """A fast fake upstream for the load tests: GET /a/{id}, /b/{id}, /c/{id} -> small JSON.
 
 GET /big/{bytes} answers a JSON object of about that many bytes, made of many small
-objects (what makes a parsed body ~10 times its size): the hostile-load job flood.
+objects (what makes a parsed body ~10 times its size): the hostile-load job flood and
+the payload curve. GET /batch?ids=1,2,3 answers [{"id": 1, ...}, ...]: a batch endpoint.
 
 A raw asyncio.Protocol on uvloop with a minimal HTTP/1.1 parser, so that the
 upstream costs as little CPU as possible on the load core and the numbers
@@ -53,9 +54,19 @@ def _big(size: int) -> bytes:
     return ('{"items":[' + ",".join(items) + "]}").encode()
 
 
+def _batch(query: bytes) -> bytes:
+    """GET /batch?ids=1,2 -> [{"id": 1, "name": "item-1"}, ...] (digits-only keys)."""
+    params = dict(p.partition(b"=")[::2] for p in query.split(b"&"))
+    keys = [k for k in params.get(b"ids", b"").split(b",") if k.isdigit()]
+    items = [{"id": int(k), "name": f"item-{int(k)}"} for k in keys]
+    return json.dumps(items, separators=(",", ":")).encode()
+
+
 def _route(target: bytes) -> tuple[bytes | None, int, bytes]:
     """-> (source, status, body) for a request target such as b"/a/7?x=1"."""
-    path = target.split(b"?", 1)[0]
+    path, _, query = target.partition(b"?")
+    if path == b"/batch":
+        return b"batch", 200, _batch(query)
     parts = path.split(b"/")
     if len(parts) == 3 and parts[0] == b"" and parts[1] == b"big" and parts[2].isdigit():
         return b"big", 200, _big(min(int(parts[2]), MAX_BIG))

@@ -213,6 +213,19 @@ def test_batch_table_fills_its_defaults() -> None:
     assert batch == Batch(path="/b", param="ids", key="id", max_size=50, window_ms=5.0)
 
 
+def test_batch_max_wait_ms_is_at_least_the_window() -> None:
+    def batch(**keys: Any) -> dict[str, Any]:
+        return config(upstreams={"u": {"url": "http://h", "batch": {
+            "path": "/b", "param": "ids", "key": "id", **keys}}})
+
+    parsed = parse_config(batch(window_ms=5, max_wait_ms=40), env={}).upstreams["u"].batch
+    assert parsed is not None and parsed.max_wait_ms == 40.0
+    assert problems(batch(window_ms=5, max_wait_ms=2)) == [
+        "upstreams.u.batch.max_wait_ms: must be >= window_ms (5)"]
+    assert problems(batch(max_wait_ms="x")) == [
+        "upstreams.u.batch.max_wait_ms: must be a number, not a string"]
+
+
 def test_config_is_frozen() -> None:
     cfg = parse_config(config(), env={})
     with pytest.raises(dataclasses.FrozenInstanceError):

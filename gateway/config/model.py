@@ -47,6 +47,7 @@ class Batch:
     key: str
     max_size: int = 50
     window_ms: float = 5.0
+    max_wait_ms: float | None = None  # None: batch.WAIT_WINDOWS windows
 
 
 @dataclass(frozen=True, slots=True)

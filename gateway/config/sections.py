@@ -6,6 +6,7 @@ refused (the problem is recorded on the checker)."""
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -182,7 +183,7 @@ def parse_upstream(c: Checker, name: str, raw: Any,
 
 
 def _batch(c: Checker, p: str, raw: dict[str, Any]) -> Batch | None:
-    c.unknown(raw, p, {"path", "param", "key", "max_size", "window_ms"})
+    c.unknown(raw, p, {"path", "param", "key", "max_size", "window_ms", "max_wait_ms"})
     for key in ("path", "param", "key"):
         if key not in raw:
             c.fail(f"{p}.{key}", "is required")
@@ -196,6 +197,11 @@ def _batch(c: Checker, p: str, raw: dict[str, Any]) -> Batch | None:
         max_size=c.integer(raw, p, "max_size", 50),
         window_ms=c.number(raw, p, "window_ms", 5.0, allow_zero=True),
     )
+    if "max_wait_ms" in raw:
+        max_wait = c.number(raw, p, "max_wait_ms", batch.window_ms, allow_zero=True)
+        if max_wait < batch.window_ms:
+            c.fail(f"{p}.max_wait_ms", f"must be >= window_ms ({batch.window_ms:g})")
+        batch = replace(batch, max_wait_ms=max_wait)
     return batch
 
 

@@ -1,0 +1,197 @@
+"""Batching under a burst (issue 14 item 4): how many upstream batch calls carry its keys?
+
+    python benchmarks/batching.py [--bursts 10] [--requests 20] [--window-ms 5]
+
+`--requests` requests (default 20), 2 keys each (`GET /pair/<a>/<b>`, two keyed
+calls), are written at once over as many warm keep-alive connections
+(burst.py) to `gateway serve` (one worker, core 0), whose upstream is
+upstream.py's `/batch` endpoint (core 1). Two configs, the bursts alternating
+between them: `fixed` sets `max_wait_ms = window_ms`, i.e. the batch goes when
+the window ends, as before issue 14; `idle` is the default, the batch also
+waits for an idle loop pass (up to `max_wait_ms`, 4 windows by default). The
+count of batch calls and keys comes from the gateway's own
+`gateway_upstream_batch_keys` histogram, read before and after each burst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import statistics
+import sys
+import urllib.request
+from typing import Any
+
+import burst
+import configs
+import harness
+from harness import LOAD_CPUS, SERVER_CPUS, Procs
+
+
+def gateway_config(window_ms: float, fixed: bool) -> dict[str, Any]:
+    batch: dict[str, Any] = {"path": "/batch", "param": "ids", "key": "id", "window_ms": window_ms}
+    if fixed:
+        batch["max_wait_ms"] = window_ms
+    keyed = [
+        {"name": n, "upstream": "people", "batch_key": k}
+        for n, k in (("first", "{a}"), ("second", "{b}"))
+    ]
+    return {
+        "upstreams": {"people": {"url": "${UPSTREAM}", "batch": batch}},
+        "endpoints": [
+            {"route": "/pair/<int:a>/<int:b>", "method": "GET", "calls": keyed},
+            # harness.running() waits for /fanout/1 to answer 200
+            {
+                "route": "/fanout/<int:id>",
+                "method": "GET",
+                "calls": [{"name": "x", "upstream": "people", "batch_key": "{id}"}],
+            },
+        ],
+    }
+
+
+def _batch_counts(base: str) -> tuple[float, float]:
+    """(batch calls, keys) so far, from /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    def value(series: str) -> float:
+        match = re.search(
+            rf'^gateway_upstream_batch_keys_{series}{{upstream="people"}} (\S+)$', text, re.M
+        )
+        return float(match[1]) if match else 0.0
+
+    return value("count"), value("sum")
+
+
+def _one_burst(base: str, n: int, first_key: int, client: str, pgid: int) -> dict[str, Any]:
+    port = int(base.rsplit(":", 1)[1])
+    paths = [f"/pair/{first_key + 2 * i}/{first_key + 2 * i + 1}" for i in range(n)]
+    calls0, keys0 = _batch_counts(base)
+    if client in ("held", "raw"):
+        hold = pgid if client == "held" else None
+        coro = burst.timed_burst("127.0.0.1", port, paths, warm="/healthz", hold=hold)
+        answers, wall = asyncio.run(coro)
+        statuses = [status for status, _ in answers]
+    else:
+        statuses, wall = asyncio.run(burst.httpx_burst(base, paths, warm="/healthz"))
+    calls1, keys1 = _batch_counts(base)
+    bad = sum(1 for status in statuses if status != 200)
+    return {
+        "calls": int(calls1 - calls0),
+        "keys": int(keys1 - keys0),
+        "errors": bad,
+        "wall_ms": 1000 * wall,
+    }
+
+
+CLIENTS = ("held", "raw", "httpx")
+DESIGNS = ("fixed", "idle")
+
+
+def run(bursts: int, requests: int, window_ms: float) -> list[dict[str, Any]]:
+    load_before = os.getloadavg()[0]
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {
+        (c, d): [] for c in CLIENTS for d in DESIGNS
+    }
+    with Procs() as procs, contextlib.ExitStack() as stack:
+        upstream = harness.start_upstream(procs)
+        running = {}
+        for name in DESIGNS:
+            text = configs.dumps(gateway_config(window_ms, fixed=name == "fixed"))
+            server = harness.gateway_server(f"gateway-{name}", procs.file(f"{name}.toml", text))
+            running[name] = stack.enter_context(
+                harness.running(procs, server, upstream, 1, SERVER_CPUS)
+            )
+        key = 1
+        for i in range(bursts + 1):  # the first round warms everything up and is not counted
+            for client in CLIENTS:
+                for name in DESIGNS if i % 2 == 0 else DESIGNS[::-1]:
+                    proc, base = running[name]
+                    result = _one_burst(base, requests, key, client, proc.pid)
+                    key += 2 * requests
+                    if i:
+                        results[client, name].append(result)
+    rows = []
+    for (client, name), rs in results.items():
+        calls = [r["calls"] for r in rs]
+        rows.append(
+            {
+                "client": client,
+                "name": name,
+                "bursts": rs,
+                "calls_median": statistics.median(calls),
+                "calls_max": max(calls),
+                "keys_per_call": sum(r["keys"] for r in rs) / max(sum(calls), 1),
+                "wall_ms_median": statistics.median(r["wall_ms"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                "loadavg": [load_before, os.getloadavg()[0]],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]], requests: int, window_ms: float) -> str:
+    clients = {
+        "held": "arrive at once (server held)",
+        "raw": "all written at once",
+        "httpx": "httpx.AsyncClient, gather",
+    }
+    titles = {
+        "fixed": f"fixed {window_ms:g} ms window (before)",
+        "idle": "window + idle loop pass (now)",
+    }
+    body = [
+        [
+            clients[r["client"]],
+            titles[r["name"]],
+            f"{r['calls_median']:g}",
+            str(r["calls_max"]),
+            f"{r['keys_per_call']:.1f}",
+            f"{r['wall_ms_median']:.1f}",
+            str(r["errors"]),
+        ]
+        for r in rows
+    ]
+    head = [
+        "client",
+        "batching",
+        "calls/burst (median)",
+        "max",
+        "keys/call",
+        "burst ms (median)",
+        "errors",
+    ]
+    return (
+        f"## Batching: {requests} requests x 2 keys at once, window_ms = {window_ms:g}\n\n"
+        + harness.markdown_table(head, body)
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bursts", type=int, default=10, help="bursts per config")
+    parser.add_argument("--requests", type=int, default=20, help="requests (connections) a burst")
+    parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args()
+    harness.install_sigterm_handler()
+    harness.pin_self(LOAD_CPUS)
+    try:
+        rows = run(args.bursts, args.requests, args.window_ms)
+    except KeyboardInterrupt:
+        print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
+        return 130
+    print(table(rows, args.requests, args.window_ms))
+    load = rows[0]["loadavg"]
+    print(f"\nload average {load[0]:.1f} before, {load[1]:.1f} after")
+    if args.json:
+        harness.save_json(args.json, {"batching": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
