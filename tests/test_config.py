@@ -219,7 +219,8 @@ def test_batch_max_wait_ms_is_at_least_the_window() -> None:
             "path": "/b", "param": "ids", "key": "id", **keys}}})
 
     parsed = parse_config(batch(window_ms=5, max_wait_ms=40), env={}).upstreams["u"].batch
-    assert parsed is not None and parsed.max_wait_ms == 40.0
+    assert parsed is not None
+    assert parsed.max_wait_ms == 40.0
     assert problems(batch(window_ms=5, max_wait_ms=2)) == [
         "upstreams.u.batch.max_wait_ms: must be >= window_ms (5)"]
     assert problems(batch(max_wait_ms="x")) == [
