@@ -184,3 +184,12 @@ def test_route_parameter_named_client_still_wins_and_jwt_is_reserved() -> None:
         "endpoints": [{"route": "/e/<jwt>", "calls": [{"name": "c", "upstream": "u"}]}]}
     with pytest.raises(ConfigError, match="route parameter 'jwt' clashes"):
         parse_config(raw, env={})
+
+
+def test_jwks_url_reads_the_environment_like_an_upstream_url() -> None:
+    raw = {"jwks_url": "${IDP_URL:-http://127.0.0.1:9100}/.well-known/jwks.json"}
+    assert config(auth=raw).auth.jwks_url == "http://127.0.0.1:9100/.well-known/jwks.json"
+    given = config(auth=raw, env={"IDP_URL": "https://idp.example"}).auth
+    assert given.jwks_url == "https://idp.example/.well-known/jwks.json"
+    assert "auth.jwks_url: environment variable NOPE is not set" in problems(
+        auth={"jwks_url": "${NOPE}/jwks"})

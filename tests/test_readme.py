@@ -6,7 +6,9 @@ The README can then no longer drift from what the code does. Conventions for REA
   first on PATH (`source .venv/bin/activate`), `make run`'s demo answering on
   `localhost:8000`. Here the demo listens on a free port instead, and `localhost:8000` /
   `127.0.0.1:8000` are rewritten to it; `:8001` (examples/code_view.py's default) is rewritten
-  to another free port, passed as CODE_VIEW_BIND. USERS_URL, ORDERS_URL and BILLING_URL name
+  to another free port, passed as CODE_VIEW_BIND; `:8002` and `:9100` (the "Securing the
+  gateway" example's gateway and examples/idp.py) to two more, the latter passed as IDP_URL
+  (examples/secure.toml's JWKS). USERS_URL, ORDERS_URL and BILLING_URL name
   the demo's upstreams, so `examples/gateway.toml` reaches them.
 - sh blocks run with `bash -e -o pipefail`: every command must succeed. Whatever a block
   leaves running in the background is stopped when it ends (its own process group).
@@ -32,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,9 @@ class Demo:
     port: int
     upstreams: dict[str, str]
     code_view_port: int
+    # "Securing the gateway": its own gateway (:8002) and examples/idp.py's JWKS (:9100)
+    secure_port: int = field(default_factory=lambda: _free_port())
+    idp_port: int = field(default_factory=lambda: _free_port())
 
 
 def _free_port() -> int:
@@ -177,15 +182,19 @@ def _env(demo: Demo) -> dict[str, str]:
     env = _env_without_config()
     env.update({"USERS_URL": demo.upstreams["users"], "ORDERS_URL": demo.upstreams["orders"],
                 "BILLING_URL": demo.upstreams["billing"],
-                "CODE_VIEW_BIND": f"127.0.0.1:{demo.code_view_port}"})
+                "CODE_VIEW_BIND": f"127.0.0.1:{demo.code_view_port}",
+                "IDP_URL": f"http://127.0.0.1:{demo.idp_port}"})
     return env
 
 
 def localise(text: str, demo: Demo) -> str:
     """Point the README's fixed ports at this test's servers."""
-    text = re.sub(r"(?<![\w.])(localhost|127\.0\.0\.1):8000\b", rf"\1:{demo.port}", text)
-    return re.sub(r"(?<![\w.])(localhost|127\.0\.0\.1):8001\b", rf"\1:{demo.code_view_port}",
-                  text)
+    ports = {8000: demo.port, 8001: demo.code_view_port, 8002: demo.secure_port,
+             9100: demo.idp_port}
+    for fixed, real in ports.items():
+        text = re.sub(rf"(?<![\w.])(localhost|127\.0\.0\.1):{fixed}\b", rf"\g<1>:{real}",
+                      text)
+    return text
 
 
 # -- running one block ------------------------------------------------------------------------

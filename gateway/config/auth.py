@@ -100,6 +100,8 @@ def parse_auth(fail: Fail, raw: Any, expand: Expand) -> AuthSettings:
     _unknown(fail, raw, p, ("jwks_url", "jwks_file", "secret", "issuer", "audience",
                             "algorithms", "leeway", "required", "api_keys"))
     jwks_url, jwks_file = _str(fail, raw, p, "jwks_url"), _str(fail, raw, p, "jwks_file")
+    if jwks_url is not None:
+        jwks_url = expand(f"{p}.jwks_url", jwks_url)  # ${IDP_URL:-...} like an upstream url
     secret = _str(fail, raw, p, "secret")
     if secret is not None:
         secret = expand(f"{p}.secret", secret)
