@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -41,10 +42,12 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope, Webso
 from werkzeug.datastructures import MultiDict
 
 from . import envelope, guard
+from .auth.identity import ANONYMOUS, Identity, expires_at
 from .config import HEADER_NAME_RE, STRATEGIES, WebsocketSettings
+from .context import IDENTITY
 from .envelope import CallRecord
 from .errors import RequestError
-from .ingress import HANDSHAKE, SOCKET, Door
+from .ingress import HANDSHAKE, SOCKET, Door, check_headers
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -62,14 +65,21 @@ MAX_ID_CHARS = 128
 SHUTDOWN_GRACE = 3 * SECONDS
 # Visible ASCII, space and tab: h11 and httpx refuse anything else in a header value.
 _HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]*\Z")
+_CREDENTIALS = ("authorization", "x-api-key")  # the handshake's only, with [auth] on
 
 
 class ProtocolError(Exception):
-    """A client message we answer with an `error` message (the socket stays open)."""
+    """A client message we answer with an `error` message (the socket stays open).
 
-    def __init__(self, message: str, request_id: Any = None) -> None:
+    `extra` goes into that message: a check's refusal adds its `status` (401, 403, 429,
+    503) and, with a `Retry-After`, `retry_after` in seconds.
+    """
+
+    def __init__(self, message: str, request_id: Any = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.request_id = request_id
+        self.extra = extra or {}
 
 
 class Stream:
@@ -102,6 +112,7 @@ class Stream:
         await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
         connection = _Connection(self.gw, self.gw.config.websocket, headers, receive, send)
         connection.peer = peer
+        connection.identity = door.extras.get(IDENTITY, ANONYMOUS)  # the socket's, for good
         if self.leaving:  # accepted in the instant the listener was closing
             await connection.close(1001, "server shutting down")
             return
@@ -125,6 +136,8 @@ class _Connection:
         self.limits = limits  # as when the socket opened: a reload applies to new sockets
         self.headers = headers
         self.peer: str | None = None  # the client's address, for the limits' key = "ip"
+        self.identity: Identity = ANONYMOUS  # who the handshake authenticated
+        self.expired = False  # the identity's token expired: the socket closes with 1008
         self.receive = receive
         self.send = send
         self.in_flight: dict[Any, asyncio.Task[None]] = {}
@@ -135,12 +148,17 @@ class _Connection:
 
     async def serve(self) -> None:
         closing: tuple[int, str] | None = None
+        ends = expires_at(self.identity, self.gw.config.auth.leeway)
+        timer = None if ends is None else asyncio.get_running_loop().call_later(
+            max(0.0, ends - time.time()), self.expire)
         async with asyncio.TaskGroup() as tg:
             try:
                 closing = await self._read(tg)
-                if self.leaving.is_set() and self.in_flight:
+                if self.leaving.is_set() and self.in_flight and not self.expired:
                     await asyncio.wait(list(self.in_flight.values()), timeout=SHUTDOWN_GRACE)
             finally:  # the socket is going away: nothing of it may keep running
+                if timer is not None:
+                    timer.cancel()
                 for task in self.in_flight.values():
                     task.cancel()
         if closing is not None:  # after every request is done: nothing sends after a close
@@ -148,6 +166,14 @@ class _Connection:
 
     def leave(self) -> None:
         self.leaving.set()
+        self._wake()
+
+    def expire(self) -> None:
+        """The socket's token expired: its requests are cancelled, it closes with 1008."""
+        self.expired = True
+        self._wake()
+
+    def _wake(self) -> None:
         if self._waiting is not None:  # wake the read loop now
             self._waiting.reschedule(asyncio.get_running_loop().time())
 
@@ -159,12 +185,12 @@ class _Connection:
 
     async def _read(self, tg: asyncio.TaskGroup) -> tuple[int, str] | None:
         """Serve messages until the socket should close: its close code, or None if gone."""
-        while not self.leaving.is_set():
+        while not self.leaving.is_set() and not self.expired:
             try:
                 async with asyncio.timeout(self.limits.idle_timeout) as self._waiting:
                     event = await self.receive()
             except TimeoutError:
-                if self.leaving.is_set():
+                if self.leaving.is_set() or self.expired:
                     break
                 if self.in_flight:
                     continue
@@ -182,13 +208,19 @@ class _Connection:
             if size > self.limits.max_message_bytes:
                 return 1009, f"message over {self.limits.max_message_bytes} bytes"
             try:
-                rid, coro = await self._start(raw)
+                rid, coro, door = await self._start(raw)
             except ProtocolError as error:
-                await self._send({"type": "error", "id": error.request_id, "error": str(error)})
+                await self._send({"type": "error", "id": error.request_id, "error": str(error),
+                                  **error.extra})
                 continue
             task = tg.create_task(coro)
             self.in_flight[rid] = task
             task.add_done_callback(partial(self._done, rid))
+            # Its concurrency slot is held until the result is out, or the task cancelled
+            # (even before it started, when its finally would never run).
+            task.add_done_callback(partial(_close_door, door))
+        if self.expired:
+            return 1008, "token expired"
         return 1001, "server shutting down"
 
     def _done(self, rid: Any, task: asyncio.Task[None] | None) -> None:
@@ -196,7 +228,7 @@ class _Connection:
         if self.in_flight.get(rid) is (task or asyncio.current_task()):
             del self.in_flight[rid]
 
-    async def _start(self, raw: str | bytes) -> tuple[Any, Coroutine[Any, Any, None]]:
+    async def _start(self, raw: str | bytes) -> tuple[Any, Coroutine[Any, Any, None], Door]:
         """Check one message and prepare its request; raises `ProtocolError` if unusable."""
         try:
             message = orjson.loads(raw)
@@ -216,12 +248,12 @@ class _Connection:
                 f"too many requests in flight on this socket (max {self.limits.max_in_flight})",
                 rid)
         try:
-            target, ctx = await self._prepare(message)
+            target, ctx, door = await self._prepare(message)
         except RequestError as error:
-            raise ProtocolError(str(error), rid) from None
-        return rid, self._request(rid, target, ctx)
+            raise ProtocolError(str(error), rid, _refused(error)) from None
+        return rid, self._request(rid, target, ctx, door), door
 
-    async def _prepare(self, message: dict[str, Any]) -> tuple[Target, RequestContext]:
+    async def _prepare(self, message: dict[str, Any]) -> tuple[Target, RequestContext, Door]:
         rid = message["id"]
         path = message.get("path")
         if not isinstance(path, str) or not path.startswith("/"):
@@ -241,9 +273,9 @@ class _Connection:
         raw_path, _, raw_query = path.partition("?")
         query = MultiDict(parse_qsl(raw_query.partition("#")[0], keep_blank_values=True))
         door = Door(SOCKET, method.upper(), unquote(raw_path), query, headers, body=body,
-                    peer=self.peer)
+                    peer=self.peer, extras={IDENTITY: self.identity})
         target, ctx, _ = await self.gw.ingress.admit(door)
-        return target, ctx
+        return target, ctx, door
 
     def _headers(self, given: Any, rid: Any) -> dict[str, str]:
         """The handshake's headers, then the message's (lower-case names, strings only)."""
@@ -256,6 +288,9 @@ class _Connection:
                 isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
             raise ProtocolError("'headers' must be an object of string values", rid)
         for name, value in given.items():
+            if name.lower() in _CREDENTIALS and self.gw.config.auth.enabled:
+                raise ProtocolError(f"'headers' may not carry {name}: the socket's handshake "
+                                    "authenticates every message on it", rid)
             # Checked here, not by the HTTP client deep in a call: CR/LF would split a header.
             if not HEADER_NAME_RE.match(name):
                 raise ProtocolError("'headers' names must be HTTP tokens "
@@ -266,7 +301,8 @@ class _Connection:
             headers[name.lower()] = value
         return headers
 
-    async def _request(self, rid: Any, target: Target, ctx: RequestContext) -> None:
+    async def _request(self, rid: Any, target: Target, ctx: RequestContext,
+                       door: Door) -> None:
         pending: asyncio.Queue[bytes | None] = asyncio.Queue()  # one per call, then the result
 
         def on_call(record: CallRecord, data: Any) -> None:
@@ -289,6 +325,7 @@ class _Connection:
                 log.exception("websocket request failed (request id %s)", ctx.request_id)
                 message = {"type": "error", "id": rid,
                            "error": f"internal error (request id {ctx.request_id})"}
+            door.close()  # the work is done: the client's concurrency slot, before it hears
             pending.put_nowait(envelope.dumps(message))
             pending.put_nowait(None)
 
@@ -305,6 +342,22 @@ class _Connection:
         async with self.send_lock:  # waits while the client does not read: backpressure
             if not self.closed:
                 await self.send({"type": "websocket.send", "bytes": None, "text": data.decode()})
+
+
+def _close_door(door: Door, _task: asyncio.Task[None]) -> None:
+    door.close()
+
+
+def _refused(error: RequestError) -> dict[str, Any]:
+    """What an `error` message adds for a check's refusal: its status, its Retry-After."""
+    headers = check_headers(error)
+    if headers is None:
+        return {}
+    extra: dict[str, Any] = {"status": error.status}
+    retry = headers.get("Retry-After")
+    if retry is not None and retry.isdigit():
+        extra["retry_after"] = int(retry)
+    return extra
 
 
 def _path(scope: WebsocketScope) -> str:

@@ -210,3 +210,16 @@ async def test_a_redis_store_shares_the_count_between_gateways(
         assert refused.status_code == 429
         assert (await second.get("/x", **peer("10.0.0.1"))).status_code == 429
         assert len(users.seen) == 2
+
+
+async def test_an_endpoints_own_rate_holds_without_any_limits_section(
+        upstream: UpstreamFactory, gateway_client: GatewayClientFactory) -> None:
+    users = await upstream()
+    config = limited(users)
+    del config["limits"]  # no limits.rate, no concurrency: only /own's `rate`
+    client = await gateway_client(config)
+    own = [(await client.get("/own", **peer("10.0.0.1"))).status_code for _ in range(2)]
+    other = [(await client.get("/x", **peer("10.0.0.1"))).status_code for _ in range(3)]
+    assert own == [200, 429]
+    assert other == [200, 200, 200]
+    assert [r.path for r in users.seen].count("/own") == 1

@@ -13,19 +13,25 @@ On a public endpoint valid credentials still name the caller (its `{client}`, it
 limits) and refused ones are ignored. A `/ws` handshake has no endpoint yet: credentials
 it sends must be valid (401 refuses the socket), none is fine. The identity goes into
 `door.extras["identity"]`.
+
+A `/ws` message is not authenticated again: the socket's identity (the handshake's, which
+`stream.py` puts in the message's door) is checked against the message's endpoint, and a
+token past its `exp` (plus the leeway) is a 401 there too, in the instant before the
+socket closes with 1008.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config.auth import AuthSettings, EndpointAccess
 from ..context import IDENTITY
-from ..door import HANDSHAKE, JOB, Door, Refusal
+from ..door import HANDSHAKE, JOB, SOCKET, Door, Refusal
 from .authenticator import AuthFailure, KeysUnavailable
-from .identity import ANONYMOUS, missing_scopes
+from .identity import ANONYMOUS, Identity, expires_at, missing_scopes
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -69,22 +75,18 @@ class AuthCheck:
             return Refusal(503, "the gateway is not serving", {"Retry-After": "5"})
         authenticator = runtime.authenticator
         assert authenticator is not None
-        try:
-            identity = await authenticator.identify(door.headers)
-        except KeysUnavailable as error:
-            if not strict:
-                identity = ANONYMOUS
-            else:
-                runtime.metrics.auth_failure("keys_unavailable")
-                return Refusal(503, str(error), {"Retry-After": str(KEYS_RETRY_AFTER)})
-        except AuthFailure as failure:
-            if not strict:
-                identity = ANONYMOUS
-            else:
-                runtime.metrics.auth_failure(failure.metric)
-                value = (challenge("invalid_token", failure.reason) if failure.token
-                         else challenge())
-                return Refusal(401, failure.reason, {"WWW-Authenticate": value})
+        if door.kind == SOCKET:
+            identity = door.extras.get(IDENTITY, ANONYMOUS)
+            ends = expires_at(identity, self._settings().leeway)
+            if ends is not None and time.time() >= ends:
+                runtime.metrics.auth_failure("expired")
+                return Refusal(401, "token expired", {
+                    "WWW-Authenticate": challenge("invalid_token", "token expired")})
+        else:
+            found = await self._identify(door, strict, runtime)
+            if isinstance(found, Refusal):
+                return found
+            identity = found
         if needed and identity.kind == "anonymous":
             runtime.metrics.auth_failure("missing")
             return Refusal(401, f"authentication required: send {authenticator.kinds()}",
@@ -98,3 +100,23 @@ class AuthCheck:
                                               "the token lacks a required scope", scopes)})
         door.extras[IDENTITY] = identity
         return None
+
+    async def _identify(self, door: Door, strict: bool, runtime: Runtime
+                        ) -> Identity | Refusal:
+        """The message's own credentials; refused ones are a refusal only when `strict`."""
+        authenticator = runtime.authenticator
+        assert authenticator is not None
+        try:
+            return await authenticator.identify(door.headers)
+        except KeysUnavailable as error:
+            if not strict:
+                return ANONYMOUS
+            runtime.metrics.auth_failure("keys_unavailable")
+            return Refusal(503, str(error), {"Retry-After": str(KEYS_RETRY_AFTER)})
+        except AuthFailure as failure:
+            if not strict:
+                return ANONYMOUS
+            runtime.metrics.auth_failure(failure.metric)
+            value = (challenge("invalid_token", failure.reason) if failure.token
+                     else challenge())
+            return Refusal(401, failure.reason, {"WWW-Authenticate": value})

@@ -51,3 +51,12 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
 def missing_scopes(identity: Identity, required: Iterable[str]) -> tuple[str, ...]:
     """The required scopes the identity lacks, in config order (empty = allowed)."""
     return tuple(s for s in required if s not in identity.scopes)
+
+
+def expires_at(identity: Identity, leeway: float) -> float | None:
+    """When (epoch seconds) the identity's token stops being accepted: its `exp` plus the
+    leeway, as `verify` counts it; None for an identity that does not expire."""
+    exp = identity.claims.get("exp") if identity.kind == "jwt" else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return float(exp) + leeway

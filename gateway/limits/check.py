@@ -11,7 +11,8 @@ is configured.
 Over the rate (the endpoint's own `rate`, else `limits.rate`) or the concurrency: 429
 with `Retry-After`, `RateLimit-Policy` and `RateLimit`; otherwise the `RateLimit` fields
 go to `door.response_headers` for a 2xx answer. A concurrency slot is held until the
-entry point closes the door (HTTP and the run API; a `/ws` message is not counted yet).
+entry point closes the door: when the HTTP answer or the run is made, when a `/ws`
+message's result is sent. A socket's messages count as its handshake's client.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from ..auth.check import access_of
 from ..auth.identity import ANONYMOUS, Identity
 from ..config.auth import LimitsSettings
 from ..context import CLIENT, IDENTITY
-from ..door import HANDSHAKE, HTTP, JOB, RUN, Door, Refusal
+from ..door import HANDSHAKE, HTTP, JOB, RUN, SOCKET, Door, Refusal
 from .headers import Window, headers
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 MAX_KEY_CHARS = 128  # a longer header value is counted by its hash
-_HELD = (HTTP, RUN)  # entry points that close their door when the answer is out
+_HELD = (HTTP, RUN, SOCKET)  # entry points that close their door when the answer is out
 
 
 def client_key(settings: LimitsSettings, door: Door, identity: Identity) -> tuple[str, str]:
@@ -65,7 +66,8 @@ class LimitCheck:
         identity = door.extras.get(IDENTITY, ANONYMOUS)
         counted, shown = client_key(settings, door, identity)
         door.extras[CLIENT] = shown
-        if not settings.enabled:
+        own = access_of(door).rate
+        if not settings.enabled and own is None:  # an endpoint's own rate needs no [limits]
             return None
         try:
             runtime = self._runtime()
@@ -73,7 +75,6 @@ class LimitCheck:
             return Refusal(503, "the gateway is not serving", {"Retry-After": "5"})
         route = getattr(door.target, "route", "unmatched")
         windows: list[Window] = []
-        own = access_of(door).rate
         rate = own or settings.rate
         if rate is not None:
             method = getattr(door.target, "method", door.method)
