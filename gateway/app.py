@@ -8,6 +8,7 @@ through app. `/ws`, the dashboard's run API and jobs enter at the ingress too.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -38,7 +39,7 @@ from . import (
 from .config import STRATEGIES, Config, load_config
 from .context import HeaderMap, RequestContext
 from .errors import RequestError
-from .ingress import HTTP, Door, Ingress
+from .ingress import HTTP, Door, Ingress, wants_body
 from .lifecycle import OnCall
 from .origin import OriginPolicy
 from .plan import compile_plans
@@ -49,6 +50,7 @@ from .runtime import Runtime
 log = logging.getLogger("gateway")
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+DRAIN_TIMEOUT = 5.0  # seconds an unneeded request body may take to arrive before we answer
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -185,12 +187,15 @@ class Gateway:
         try:
             target, ctx, body = await self.ingress.admit(door)
         except RequestError as error:
+            await _drain()
             if door.target is None and error.status in (404, 405):
                 return self._unrouted(started)
             return _respond(self.ingress.refusal(door, error))
         finally:
             if door.target is not None:  # the route template labels the request's metrics
                 g.gateway_target = door.target
+        if not wants_body(target):
+            await _drain()
         try:  # the door holds the client's concurrency slot until the answer is made
             response: Response | None = None
             if "prefer" in headers:  # `Prefer: respond-async`: 202 now, the work as a job
@@ -287,6 +292,23 @@ async def _body(_target: Target) -> bytes:
     """The request's body, read only once routing says the endpoint wants one."""
     data = await request.get_data(cache=False, as_text=False)
     return data if isinstance(data, bytes) else data.encode()
+
+
+async def _drain() -> None:
+    """Read what is left of a body the answer does not need, before answering.
+
+    A server that answers and closes with request bytes still unread resets the connection,
+    and the reset can overtake the answer: a proxy still sending the body (nginx) then
+    reports a 502 instead of, say, the 401 (tests/test_deploy.py saw it). At most
+    `max_request_bytes` are read (more is a 413, as it would be), for at most DRAIN_TIMEOUT.
+    """
+    if request.content_length is None and "transfer-encoding" not in request.headers:
+        return
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            await request.get_data(cache=False, as_text=False)
+    except (HTTPException, TimeoutError):  # too big or too slow: answer now, as before
+        return
 
 
 def _peer() -> str | None:

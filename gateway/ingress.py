@@ -179,12 +179,6 @@ class Ingress:
         return target.strategy or self._gw.config.gateway.strategy
 
 
-def check_headers(error: RequestError) -> Mapping[str, str] | None:
-    """The headers of a check's refusal (`WWW-Authenticate`, `Retry-After`, ...), or None
-    when `error` is bad input rather than a check saying no (`/ws` tells them apart)."""
-    return error.headers if isinstance(error, _Refused) else None
-
-
 def wants_body(target: Target) -> bool:
     return target.needs_body if isinstance(target, Plan) else True
 

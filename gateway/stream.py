@@ -47,7 +47,7 @@ from .config import HEADER_NAME_RE, STRATEGIES, WebsocketSettings
 from .context import IDENTITY
 from .envelope import CallRecord
 from .errors import RequestError
-from .ingress import HANDSHAKE, SOCKET, Door, check_headers
+from .ingress import HANDSHAKE, SOCKET, Door
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -69,17 +69,11 @@ _CREDENTIALS = ("authorization", "x-api-key")  # the handshake's only, with [aut
 
 
 class ProtocolError(Exception):
-    """A client message we answer with an `error` message (the socket stays open).
+    """A client message we answer with an `error` message (the socket stays open)."""
 
-    `extra` goes into that message: a check's refusal adds its `status` (401, 403, 429,
-    503) and, with a `Retry-After`, `retry_after` in seconds.
-    """
-
-    def __init__(self, message: str, request_id: Any = None,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, request_id: Any = None) -> None:
         super().__init__(message)
         self.request_id = request_id
-        self.extra = extra or {}
 
 
 class Stream:
@@ -210,8 +204,7 @@ class _Connection:
             try:
                 rid, coro, door = await self._start(raw)
             except ProtocolError as error:
-                await self._send({"type": "error", "id": error.request_id, "error": str(error),
-                                  **error.extra})
+                await self._send({"type": "error", "id": error.request_id, "error": str(error)})
                 continue
             task = tg.create_task(coro)
             self.in_flight[rid] = task
@@ -250,7 +243,7 @@ class _Connection:
         try:
             target, ctx, door = await self._prepare(message)
         except RequestError as error:
-            raise ProtocolError(str(error), rid, _refused(error)) from None
+            raise ProtocolError(str(error), rid) from None
         return rid, self._request(rid, target, ctx, door), door
 
     async def _prepare(self, message: dict[str, Any]) -> tuple[Target, RequestContext, Door]:
@@ -346,18 +339,6 @@ class _Connection:
 
 def _close_door(door: Door, _task: asyncio.Task[None]) -> None:
     door.close()
-
-
-def _refused(error: RequestError) -> dict[str, Any]:
-    """What an `error` message adds for a check's refusal: its status, its Retry-After."""
-    headers = check_headers(error)
-    if headers is None:
-        return {}
-    extra: dict[str, Any] = {"status": error.status}
-    retry = headers.get("Retry-After")
-    if retry is not None and retry.isdigit():
-        extra["retry_after"] = int(retry)
-    return extra
 
 
 def _path(scope: WebsocketScope) -> str:

@@ -2,9 +2,10 @@
 
 The two gateway processes share one real redis-server (`limits.store`, `jobs.store`) and
 trust nginx (`limits.trusted_proxies = ["127.0.0.1/32"]`). Clients connect from other
-loopback addresses (127.0.0.2, 127.0.0.3: Linux routes the whole 127/8 to `lo`), so nginx's
-`$remote_addr` tells them apart, and the gateways' access logs say whom they took a request
-for.
+loopback addresses (127.0.0.2, 127.0.0.3, ...: Linux routes the whole 127/8 to `lo`), so
+nginx's `$remote_addr` tells them apart, and the gateways' access logs say whom they took a
+request for. The per-client limits are endpoints' own rates, per hour (so no test runs into
+a new window), each test with client addresses of its own: one deployment serves them all.
 """
 
 from __future__ import annotations
@@ -24,8 +25,18 @@ import httpx
 import pytest
 import pytest_asyncio
 from deploy_support import Nginx, running_gateway, running_nginx
+from jwt_support import SECRET, claims, hs256
 from redis_support import RedisServer, running_redis
-from support import LiveServer, RecordingServer, call, endpoint, make_config, reply, to_toml
+from support import (
+    LiveServer,
+    RecordingServer,
+    call,
+    echo,
+    endpoint,
+    make_config,
+    reply,
+    to_toml,
+)
 
 CLIENT_A, CLIENT_B = "127.0.0.2", "127.0.0.3"
 
@@ -37,6 +48,18 @@ class Deployment:
     redis: RedisServer
     up: RecordingServer  # answers fast
     slow: RecordingServer  # answers after SLOW seconds
+    counted: RecordingServer  # behind the limited endpoints: what reached an upstream
+
+    def reached(self, path: str, client: str) -> int:
+        """Calls to `path` that reached the upstream for `client` (its `{client}`)."""
+        return sum(1 for r in self.counted.seen
+                   if r.path == path and r.query.get("who") == client)
+
+    def direct(self, gateway: int, source: str) -> httpx.AsyncClient:
+        """An HTTP client to one gateway process itself (no nginx), from `source`."""
+        return httpx.AsyncClient(base_url=self.gateways[gateway].url, trust_env=False,
+                                 timeout=20,
+                                 transport=httpx.AsyncHTTPTransport(local_address=source))
 
     def client(self, source: str = CLIENT_A) -> httpx.AsyncClient:
         """An HTTP client to nginx whose connections come from `source`."""
@@ -67,6 +90,8 @@ class Deployment:
 
 
 SLOW = 1.5
+RATE = 6  # /limited: requests per hour and client
+LOAD_RATE = 20  # /load
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # one deployment serves the module
 
 
@@ -77,21 +102,29 @@ async def deployment(workdir: Path, **sections: dict[str, Any]) -> AsyncIterator
         redis = await stack.enter_async_context(running_redis(workdir))
         servers = []
         big = {"items": ["x" * 100] * 20_000}  # about 2 MB
-        for handler in (reply({"ok": 1}), reply({"slow": True}, delay=SLOW), reply(big)):
+        for handler in (reply({"ok": 1}), reply({"slow": True}, delay=SLOW), reply(big), echo):
             server = RecordingServer(handler)
             await server.start()
             stack.push_async_callback(server.close)
             servers.append(server)
-        up, slow, big_up = servers
+        up, slow, big_up, counted = servers
         config = make_config(
-            {"up": up, "slow": slow, "big": big_up},
+            {"up": up, "slow": slow, "big": big_up, "counted": counted},
             endpoint("/r", call("c", "up", "/x")),
+            endpoint("/limited", call("l", "counted", "/limited", query={"who": "{client}"}),
+                     rate=f"{RATE}/hour"),
+            endpoint("/load", call("l", "counted", "/load", query={"who": "{client}"}),
+                     rate=f"{LOAD_RATE}/hour"),
+            endpoint("/me", call("me", "counted", "/me/{jwt.sub}"), auth=True),
+            endpoint("/me/notes", call("n", "counted", "/notes", method="POST",
+                                       body={"v": "{body.v}"}), method="POST", auth=True),
             endpoint("/slow", call("fast", "up", "/x"), call("slow", "slow", "/y")),
             endpoint("/big", call("b", "big", "/z")),
             endpoint("/post", call("p", "up", "/p", method="POST", body={"v": "{body.v}"}),
                      method="POST"),
             log_format="json")
         config["jobs"] = {"store": redis.url}
+        config["auth"] = {"secret": SECRET, "issuer": "https://idp.test", "audience": "bff"}
         config["limits"] = {"store": redis.url, "trusted_proxies": ["127.0.0.1/32"]}
         for name, table in sections.items():
             config[name] = {**config.get(name, {}), **table}
@@ -99,7 +132,7 @@ async def deployment(workdir: Path, **sections: dict[str, Any]) -> AsyncIterator
         gateways = [await stack.enter_async_context(running_gateway(path)) for _ in range(2)]
         nginx = await stack.enter_async_context(
             running_nginx(workdir / "nginx", [g.port for g in gateways]))
-        yield Deployment(nginx, gateways, redis, up, slow)
+        yield Deployment(nginx, gateways, redis, up, slow, counted)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -188,3 +221,128 @@ async def test_oversize_requests_get_a_json_refusal_through_nginx(d: Deployment)
     assert big_body.json() == {"data": None, "meta": {"complete": False, "calls": {}},
                                "error": "request body over 1048576 bytes"}
     assert not [a for a in d.access() if a["request_id"] == "big-body"]  # never forwarded
+
+
+# -- per-client limits across the deployment --------------------------------------------------
+
+
+async def test_a_clients_rate_holds_across_both_gateways_by_its_real_address(
+    d: Deployment
+) -> None:
+    client, other = "127.0.0.10", "127.0.0.11"
+    async with d.client(client) as a, d.client(other) as b:
+        answers = [await a.get("/limited", headers={"X-Request-ID": f"lim-{n}"})
+                   for n in range(RATE + 2)]
+        unaffected = await b.get("/limited")
+    assert [r.status_code for r in answers] == [200] * RATE + [429] * 2
+    assert answers[0].headers["RateLimit-Policy"] == f'"endpoint";q={RATE};w=3600'
+    assert int(answers[-1].headers["Retry-After"]) > 0
+    assert unaffected.status_code == 200
+    served = await d.access_for({f"lim-{n}" for n in range(RATE)})
+    assert {a["gateway"] for a in served.values()} == {0, 1}  # both counted the one budget
+    assert d.reached("/limited", client) == RATE  # the refused ones called nothing
+    assert d.reached("/limited", other) == 1
+
+
+async def test_a_forged_forwarded_for_sent_to_nginx_does_not_change_the_client_key(
+    d: Deployment
+) -> None:
+    client = "127.0.0.12"
+    async with d.client(client) as a:
+        statuses = [(await a.get("/limited", headers={
+            "X-Forwarded-For": f"203.0.113.{n}"})).status_code for n in range(RATE + 2)]
+    assert statuses == [200] * RATE + [429] * 2
+    assert d.reached("/limited", client) == RATE
+    assert not [r for r in d.counted.seen if r.query.get("who", "").startswith("203.0.113.")]
+
+
+async def test_two_gateway_processes_on_one_redis_share_the_limit_without_nginx(
+    d: Deployment
+) -> None:
+    client = "127.0.0.13"  # straight to the processes: not a trusted proxy, its own key
+    async with d.direct(0, client) as zero, d.direct(1, client) as one:
+        statuses = [(await (zero if n % 2 else one).get(
+            "/limited", headers={"X-Forwarded-For": "198.51.100.1"})).status_code
+            for n in range(RATE + 2)]
+    assert statuses == [200] * RATE + [429] * 2
+    assert d.reached("/limited", client) == RATE
+
+
+async def test_websocket_through_nginx_is_authenticated_and_its_messages_limited(
+    d: Deployment
+) -> None:
+    client = "127.0.0.14"
+    url = d.nginx.url.replace("http://", "ws://") + "/ws"
+    token = hs256(claims(sub="user-9"))
+    connector = aiohttp.TCPConnector(local_addr=(client, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(url, headers={"Authorization": "Bearer not.a.token"})
+        async with session.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
+            await ws.send_json({"id": "me", "path": "/me"})
+            me = await _answer(ws, "me")
+            answers = []
+            for n in range(RATE + 1):
+                await ws.send_json({"id": f"l{n}", "path": "/limited"})
+                answers.append(await _answer(ws, f"l{n}"))
+    async with d.client(client) as http:
+        over_http = await http.get("/limited")  # the socket's messages counted for this client
+    assert refused.value.status == 401
+    assert (me["type"], me["status"]) == ("result", 200)
+    assert [r.path for r in d.counted.seen if r.path.startswith("/me/")] == ["/me/user-9"]
+    assert [a["type"] for a in answers] == ["result"] * RATE + ["error"]
+    assert answers[-1]["error"].startswith("rate limit exceeded for this client")
+    assert over_http.status_code == 429
+    assert d.reached("/limited", client) == RATE
+
+
+async def _answer(ws: aiohttp.ClientWebSocketResponse, rid: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = await ws.receive_json(timeout=10)
+        if message.get("id") == rid and message["type"] in ("result", "error"):
+            return message
+
+
+async def test_a_flooding_client_gets_429_another_is_unaffected_and_no_upstream_sees_excess(
+    d: Deployment
+) -> None:
+    flooder, calm = "127.0.0.15", "127.0.0.16"
+    flood_size, concurrency = 10 * LOAD_RATE, 20  # bounded: 200 requests, 20 at a time
+    gate = asyncio.Semaphore(concurrency)
+    async with d.client(flooder) as a, d.client(calm) as b:
+
+        async def one() -> int:
+            async with gate:
+                return (await a.get("/load")).status_code
+
+        async def steady() -> list[int]:
+            statuses = []
+            for _ in range(LOAD_RATE // 2):
+                statuses.append((await b.get("/load")).status_code)
+                await asyncio.sleep(0.01)
+            return statuses
+
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as tg:
+            flood = [tg.create_task(one()) for _ in range(flood_size)]
+            calm_task = tg.create_task(steady())
+        took = time.monotonic() - started
+    statuses = [t.result() for t in flood]
+    assert statuses.count(200) == LOAD_RATE
+    assert statuses.count(429) == flood_size - LOAD_RATE
+    assert calm_task.result() == [200] * (LOAD_RATE // 2)
+    assert d.reached("/load", flooder) == LOAD_RATE  # the excess reached no upstream
+    assert d.reached("/load", calm) == LOAD_RATE // 2
+    assert took < 30
+
+
+async def test_a_refusal_before_the_body_is_read_reaches_the_client_through_nginx(
+    d: Deployment
+) -> None:
+    """The gateway answers 401 without reading a 900 KB body and closes the connection;
+    the client still gets that 401, never a 502 from nginx (each of ten tries)."""
+    body = b'{"v": "' + b"x" * 900_000 + b'"}'
+    async with d.client("127.0.0.17") as client:
+        statuses = [(await client.post("/me/notes", content=body, headers={
+            "Content-Type": "application/json"})).status_code for _ in range(10)]
+    assert statuses == [401] * 10
