@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             config = procs.file(f"{side}.toml", texts[side])
             server = harness.gateway_server(f"gateway-{side}", config)
             running[side] = stack.enter_context(
-                harness.running(procs, server, upstream, 1, SERVER_CPUS)
+                harness.running(procs, server, upstream, 1, SERVER_CPUS, tuple(args.header))
             )
         for _proc, base in running.values():
             if args.warmup > 0:

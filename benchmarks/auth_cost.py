@@ -13,11 +13,17 @@ without `[auth]`, `auth = true` on the endpoint and a `[limits]` rate no client 
 
 Keys are generated per run; the tokens expire in an hour. Exit status 1 if an A/B
 could not run; the figures go to BENCHMARKS.md by hand.
+
+Then, because a shared machine makes the throughput ratios noisy, the same checks in
+this process, timed alone: CPU microseconds per token verified (`Authenticator.identify`,
+HS256 and RS256) and per request counted (`RateLimiter.hit`, memory and Redis), to set
+against the gateway's CPU per request in the A/B rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -33,6 +39,11 @@ import harness
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import LOAD_CPUS, BenchError, Procs
+
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.jwks import read_jwks_file
+from gateway.config.auth import AuthSettings
+from gateway.limits import RateLimiter, parse_rate
 
 TARGET = 0.10  # HS256 + memory limits may cost at most this share of throughput
 RATE = "1000000/second"  # counted on every request, never reached
@@ -91,11 +102,47 @@ def cases(workdir: Path, redis_url: str) -> list[tuple[str, list[tuple[str, str]
     ]
 
 
+MICRO_N = 2000  # checks timed per row
+
+
+async def _micro(workdir: Path, redis_url: str) -> dict[str, float]:
+    """CPU us per check, each kind timed alone in this process (after 100 warm-up calls)."""
+    secret = secrets.token_urlsafe(48)
+    jwks_file, rs_token = _rsa_jwks(workdir)
+    hs = Authenticator(AuthSettings(secret=secret, algorithms=("HS256",)))
+    rs = Authenticator(AuthSettings(jwks_file=str(jwks_file), algorithms=("RS256",),
+                                    file_keys=read_jwks_file(str(jwks_file))))
+    hs_headers = {"authorization": f"Bearer {_token(secret, 'HS256')}"}
+    rs_headers = {"authorization": f"Bearer {rs_token}"}
+    rate = parse_rate(RATE)
+    out: dict[str, float] = {}
+
+    async def timed(name: str, step: Any) -> None:
+        for _ in range(100):
+            await step()
+        start = time.process_time()
+        for _ in range(MICRO_N):
+            await step()
+        out[name] = 1e6 * (time.process_time() - start) / MICRO_N
+
+    await timed("HS256 token verified", lambda: hs.identify(hs_headers))
+    await timed("RS256 token verified", lambda: rs.identify(rs_headers))
+    for store, label in (("memory", "rate counted, memory store"),
+                         (redis_url, "rate counted, Redis store (client CPU only)")):
+        limiter = RateLimiter(store)
+        try:
+            await timed(label, lambda limiter=limiter: limiter.hit("default", rate, "bench"))
+        finally:
+            await limiter.close()
+    return out
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     with Procs() as procs:
         workdir = procs.file("auth-cost.marker", "").parent
         redis_url = _start_redis(procs, workdir)
+        args.micro = asyncio.run(_micro(workdir, redis_url))
         for name, keys, token in cases(workdir, redis_url):
             print(f"{name}:", file=sys.stderr, flush=True)
             ns = argparse.Namespace(
@@ -111,7 +158,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def report(results: list[dict[str, Any]]) -> str:
+def report(results: list[dict[str, Any]], micro: dict[str, float] | None = None) -> str:
     rows = []
     for r in results:
         median = {side: sorted(x["rps"] for x in r["rounds"][side]) for side in ("off", "on")}
@@ -130,7 +177,11 @@ def report(results: list[dict[str, Any]]) -> str:
         "## Auth + limits on vs off (same run, paired rounds)", "",
         harness.markdown_table(["variant", "off req/s", "on req/s", "throughput cost",
                                 "CPU per request"], rows), "",
-        verdict, f"load average before each A/B: {loads}; {os.cpu_count()} cores"])
+        verdict, f"load average before each A/B: {loads}; {os.cpu_count()} cores",
+        *(["", f"In-process, each alone ({MICRO_N} calls):", "",
+           harness.markdown_table(["check", "CPU us per call"],
+                                  [[name, f"{us:.0f}"] for name, us in micro.items()])]
+          if micro else [])])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
         return 130
-    print(report(results))
+    print(report(results, args.micro))
     if args.json:
-        harness.save_json(args.json, {"auth_cost": results})
+        harness.save_json(args.json, {"auth_cost": results, "micro_us": args.micro})
     return 0
 
 

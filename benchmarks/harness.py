@@ -176,8 +176,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http_ok(proc: Proc, url: str, timeout: float = 30.0) -> None:
-    """Poll `url` until it answers 200; fail early if the process exits."""
+def wait_http_ok(
+    proc: Proc, url: str, timeout: float = 30.0, headers: tuple[str, ...] = ()
+) -> None:
+    """Poll `url` until it answers 200; fail early if the process exits.
+
+    `headers` ('Name: value') go on every poll: a route behind `auth` answers 401 without.
+    """
+    fields = dict(h.split(":", 1) for h in headers)
+    request = urllib.request.Request(url, headers={k.strip(): v.strip() for k, v in fields.items()})
     deadline = time.monotonic() + timeout
     last = "no answer"
     first_5xx: float | None = None
@@ -187,7 +194,7 @@ def wait_http_ok(proc: Proc, url: str, timeout: float = 30.0) -> None:
                 f"{proc.name} exited before it was ready: {proc.last_log_line()}", proc.log_tail()
             )
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:
+            with urllib.request.urlopen(request, timeout=2.0) as response:
                 if response.status == 200:
                     return
                 last = f"HTTP {response.status}"
@@ -430,7 +437,12 @@ def _resolved_gateway_config(upstream: str) -> Path:
 
 @contextlib.contextmanager
 def running(
-    procs: Procs, server: Server, upstream: str, workers: int = 1, cpus: str | None = SERVER_CPUS
+    procs: Procs,
+    server: Server,
+    upstream: str,
+    workers: int = 1,
+    cpus: str | None = SERVER_CPUS,
+    ready_headers: tuple[str, ...] = (),
 ) -> Iterator[tuple[Proc, str]]:
     """Start `server` against `upstream`, wait until /fanout/1 answers 200, yield (proc, url)."""
     port = free_port()
@@ -440,7 +452,7 @@ def running(
     resolved: Path | None = None
     try:
         try:
-            wait_http_ok(proc, f"{base}/fanout/1")
+            wait_http_ok(proc, f"{base}/fanout/1", headers=ready_headers)
         except BenchError as first:
             if not server.is_gateway:
                 raise
@@ -458,7 +470,7 @@ def running(
                 str(resolved) if a == str(GATEWAY_CONFIG) else a for a in server.argv(port, workers)
             ]
             proc = procs.start(server.name, argv, cpus, env)
-            wait_http_ok(proc, f"{base}/fanout/1")
+            wait_http_ok(proc, f"{base}/fanout/1", headers=ready_headers)
         yield proc, base
     finally:
         procs.stop(proc)
