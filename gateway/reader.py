@@ -15,6 +15,7 @@ whole document). The caller empties the holder when the call fails.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -56,22 +57,25 @@ class BodyReader:
         self.timeout = timeout
         self.inflating = inflating or asyncio.Semaphore(INFLATING)
 
-    async def read(self, response: httpx.Response, lease: Lease) -> CappedBody | CallError:
-        """The decoded body, or why not: refused as soon as it passes the cap or the budget."""
-        status = response.status_code
-        declared = response.headers.get("content-length")
+    async def read(self, status: int, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
+                   lease: Lease) -> CappedBody | CallError:
+        """The decoded body, or why not: refused as soon as it passes the cap or the budget.
+
+        `headers` are the reply's (httpx's or aiohttp's: looked up by lower-case name);
+        `chunks` its raw body, raising httpx's errors.
+        """
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return self._too_large(status)
         try:
-            body = CappedBody(response.headers.get("content-encoding", ""), self.max_bytes,
-                              lease)
+            body = CappedBody(headers.get("content-encoding") or "", self.max_bytes, lease)
         except _BodyUndecodable as exc:
             return self._undecodable(status, f" ({exc})")
         received = False
         try:
             if declared is not None and declared.isdigit() and not body.compressed:
                 body.expect(int(declared))
-            await _receive(response, body, self.inflating)
+            await _receive(chunks, body, self.inflating)
             received = True
             return body
         except _BodyTooLarge:
@@ -149,10 +153,10 @@ def _parse_body(body: CappedBody) -> Any:
     return _parse_json(body.value)
 
 
-async def _receive(response: httpx.Response, body: CappedBody,
+async def _receive(chunks: AsyncIterator[bytes], body: CappedBody,
                    inflating: asyncio.Semaphore) -> None:
     """Feed the raw chunks to `body`, yielding to the loop between decoded slices."""
-    async for chunk in response.aiter_raw():
+    async for chunk in chunks:
         if not body.compressed:
             body.feed(chunk)
             continue

@@ -3,23 +3,36 @@
 Chosen by measurement (BENCHMARKS.md): httpcore's pool costs several times
 more CPU per call than aiohttp's on this workload. httpx stays the interface
 (`httpx.AsyncClient`, its Request/Response, timeouts and streaming), so the
-rest of the gateway does not know which pool is underneath.
+rest of the gateway does not know which pool is underneath. `open` is the
+same exchange without httpx's Request/Response models (~75 us of CPU per
+call): wire.py takes it for a URL httpx would send unchanged.
 
 The pool is built for a gateway, not a browser: no cookie jar (a reply for
 one user must never leak into another user's call), no proxies from the
-environment, no redirects, no decompression here (httpx decodes, so the body
+environment, no redirects, no decompression here (body.py decodes, so the body
 cap counts decoded bytes), and the URL passed through exactly as encoded.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import httpx
 from yarl import URL
 
 _CHUNK = 64 * 1024
+
+
+async def chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The raw body's chunks as they arrive; aiohttp's errors raised as httpx's."""
+    try:
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            yield chunk
+    except aiohttp.ClientPayloadError as exc:
+        raise httpx.RemoteProtocolError(str(exc)) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
 
 
 class _Body(httpx.AsyncByteStream):
@@ -30,14 +43,8 @@ class _Body(httpx.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_chunked(_CHUNK):
-                yield chunk
-        except aiohttp.ClientPayloadError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return chunks(self._response)
 
     async def aclose(self) -> None:
         self._response.release()
@@ -64,18 +71,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def open(self, method: str, url: URL, headers: Sequence[tuple[str, str]],
+                   body: bytes | None) -> aiohttp.ClientResponse:
+        """The response (headers read, body not yet); errors raised as httpx's.
+
+        The fast path under `handle_async_request`: the wire calls it directly for a URL
+        httpx would send unchanged, without httpx's Request and Response models.
+        The caller releases the response.
+        """
         session = self._session or self._open()
-        body = request.content or None
         try:
-            response = await session.request(
-                request.method,
-                URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(),
-                data=body,
-                allow_redirects=False,
-                compress=None,
-            )
+            return await session.request(method, url, headers=headers, data=body,
+                                         allow_redirects=False, compress=None)
         except aiohttp.ClientConnectorError as exc:
             raise httpx.ConnectError(str(exc)) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, OSError) as exc:
@@ -86,6 +93,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.TransportError(str(exc) or type(exc).__name__) from exc
         except TimeoutError as exc:  # aiohttp's own socket timeouts (not set by us)
             raise httpx.ReadTimeout(str(exc)) from exc
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.open(request.method, URL(str(request.url), encoded=True),
+                                   request.headers.multi_items(), request.content or None)
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,

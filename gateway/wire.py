@@ -10,14 +10,17 @@ retries and slots are the layers' (pipeline.py).
 
 from __future__ import annotations
 
+import re
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
+from yarl import URL
 
+from .body import CappedBody
 from .errors import CallError, CallInputError, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
 from .pipeline import Call, Reply
 from .reader import BodyReader
-from .transport import AiohttpTransport
+from .transport import AiohttpTransport, chunks
 
 
 class Wire:
@@ -33,10 +36,15 @@ class Wire:
         self._transport = transport
         self.client: httpx.AsyncClient | None = None
         self._sender: httpx.AsyncBaseTransport | None = None
+        self._fast: AiohttpTransport | None = None
 
     async def start(self) -> None:
         transport = self._transport or AiohttpTransport(self._max_connections)
         self._sender = transport
+        # Our own transport also takes calls without httpx's models, for URLs it would
+        # send unchanged; any other transport (a test's) gets httpx's Request.
+        if isinstance(transport, AiohttpTransport) and _stable(self.base):
+            self._fast = transport
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,
@@ -50,12 +58,10 @@ class Wire:
             await self.client.aclose()  # closes the transport and its pool
             self.client = None
             self._sender = None
+            self._fast = None
 
     async def __call__(self, call: Call) -> Reply:
         """The reply's status (its data still unparsed); the body is left in `call.received`."""
-        # Requests go straight to the client's transport (httpx's public transport API):
-        # `AsyncClient.send` adds auth, redirect, cookie and event-hook handling that a
-        # gateway must not use anyway, at ~86 us of CPU per call (BENCHMARKS.md).
         sender = self._sender
         if sender is None:
             raise UpstreamUnavailable(f"upstream '{self.name}' is not started")
@@ -63,44 +69,96 @@ class Wire:
         headers = call.headers
         if call.body is not None:
             headers = [*headers, ("content-type", "application/json")]
+        url = self.base + call.target
+        if self._fast is not None and _sent_as_is(url, call.target):
+            return await self._open(self._fast, call, URL(url, encoded=True), headers)
         # UTF-8, as aiohttp writes them: a non-ASCII value the client sent must not be a 500.
         try:
-            request = httpx.Request(call.method, self.base + call.target,
+            request = httpx.Request(call.method, url,
                                     headers=httpx.Headers(headers, encoding="utf-8"),
                                     content=call.body)
         except httpx.InvalidURL as exc:  # e.g. over 64 KiB: not an HTTPError, would be a 500
             raise CallInputError(
                 f"call to upstream '{self.name}': its URL is unusable ({str(exc)[:80]})"
             ) from None
+        # Requests go straight to the client's transport (httpx's public transport API):
+        # `AsyncClient.send` adds auth, redirect, cookie and event-hook handling that a
+        # gateway must not use anyway, at ~86 us of CPU per call (BENCHMARKS.md).
         try:
             response = await sender.handle_async_request(request)
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(
-                f"upstream '{self.name}' timed out after {self.timeout:g}s"
-            ) from None
-        except httpx.RemoteProtocolError as exc:
-            raise UpstreamUnavailable(
-                f"upstream '{self.name}' sent a malformed reply"
-            ) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(
-                f"upstream '{self.name}' is unreachable ({type(exc).__name__})"
-            ) from exc
+            raise self._failed(exc) from _cause(exc)
         try:
             status = response.status_code
             if not 200 <= status < 300:
                 raise UpstreamStatus(f"upstream '{self.name}' answered {status}", status)
-            received = await self.reader.read(response, call.lease)
+            received = await self.reader.read(status, response.headers, response.aiter_raw(),
+                                              call.lease)
         finally:
             await response.aclose()
         del response  # a failure raised below keeps this frame, not the connection's buffers
-        if isinstance(received, CallError):
-            try:
-                raise received
-            finally:
-                del received  # no cycle through this frame: freed without the GC
-        call.received = received
-        return Reply(status, None)
+        return _received(call, status, received)
+
+    async def _open(self, transport: AiohttpTransport, call: Call, url: URL,
+                    headers: list[tuple[str, str]]) -> Reply:
+        """The same exchange on aiohttp's objects, without httpx's Request and Response."""
+        assert call.lease is not None
+        try:
+            response = await transport.open(call.method, url, headers, call.body or None)
+        except httpx.HTTPError as exc:
+            raise self._failed(exc) from _cause(exc)
+        try:
+            status = response.status
+            if not 200 <= status < 300:
+                raise UpstreamStatus(f"upstream '{self.name}' answered {status}", status)
+            received = await self.reader.read(status, response.headers, chunks(response),
+                                              call.lease)
+        finally:
+            response.release()
+        del response  # a failure raised below keeps this frame, not the connection's buffers
+        return _received(call, status, received)
+
+    def _failed(self, exc: httpx.HTTPError) -> CallError:
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(f"upstream '{self.name}' timed out after {self.timeout:g}s")
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return UpstreamUnavailable(f"upstream '{self.name}' sent a malformed reply")
+        return UpstreamUnavailable(
+            f"upstream '{self.name}' is unreachable ({type(exc).__name__})")
+
+
+def _cause(exc: httpx.HTTPError) -> httpx.HTTPError | None:
+    """A timeout is reported without its cause (as before); other failures keep theirs."""
+    return None if isinstance(exc, httpx.TimeoutException) else exc
+
+
+def _received(call: Call, status: int, received: CappedBody | CallError) -> Reply:
+    if isinstance(received, CallError):
+        try:
+            raise received
+        finally:
+            del received  # no cycle through this frame: freed without the GC
+    call.received = received
+    return Reply(status, None)
+
+
+# What httpx sends exactly as given (checked against httpx's URL parser): unreserved and
+# reserved characters and valid percent escapes, no dot segment, within httpx's 64 KiB.
+_AS_IS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:/?@\[\]]|%[0-9A-Fa-f]{2})*")
+_MAX_URL = 65536
+
+
+def _sent_as_is(url: str, target: str) -> bool:
+    return (len(url) <= _MAX_URL and "/." not in target
+            and _AS_IS.fullmatch(target) is not None)
+
+
+def _stable(base: str) -> bool:
+    """Whether httpx leaves `base` as written (else every call takes httpx's path)."""
+    try:
+        return str(httpx.URL(base + "/x")) == base + "/x"
+    except httpx.InvalidURL:
+        return False
 
 
 def _no_cookies() -> CookieJar:
