@@ -17,7 +17,7 @@ from gateway.layers.budget import BodyLayer
 from gateway.layers.cache import CacheLayer, SingleFlightLayer
 from gateway.layers.measure import MetricsLayer
 from gateway.layers.retry import RetryLayer, TimeoutLayer
-from gateway.layers.slot import SlotLayer
+from gateway.layers.slot import SlotLayer, Slots
 from gateway.lifecycle import within
 from gateway.metrics import Metrics
 from gateway.pipeline import Call, Next, Reply, chain
@@ -140,3 +140,32 @@ async def test_an_unsendable_url_is_a_call_input_error_on_either_path(
         assert server.requests == 0
     finally:
         await up.close()
+
+
+async def test_slots_queue_in_order_and_a_cancelled_waiter_passes_its_slot_on() -> None:
+    slots = Slots(2)
+    await slots.acquire()
+    await slots.acquire()
+    assert slots.busy()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await slots.acquire()
+        order.append(name)
+
+    first, second, third = (asyncio.create_task(wait(n)) for n in ("first", "second", "third"))
+    await asyncio.sleep(0)
+    slots.release()  # handed to `first`...
+    first.cancel()  # ...which is cancelled before it runs: `second` must get the slot
+    slots.release()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert first.cancelled()
+    assert order == ["second", "third"]
+    await asyncio.gather(second, third)
+    slots.release()
+    slots.release()
+    assert not slots.busy()
+    await slots.acquire()
+    await slots.acquire()
+    assert slots.busy()  # two slots, never more
