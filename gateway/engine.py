@@ -71,8 +71,8 @@ async def execute(
 
 
 class _Run:
-    __slots__ = ("ctx", "failed", "inputs", "on_call", "plan", "records", "replies", "results",
-                 "tasks", "upstreams")
+    __slots__ = ("ctx", "failed", "headers", "inputs", "on_call", "plan", "records", "replies",
+                 "results", "tasks", "upstreams")
 
     def __init__(self, plan: Plan, ctx: RequestContext, upstreams: Mapping[str, Upstream],
                  on_call: OnCall | None) -> None:
@@ -88,6 +88,7 @@ class _Run:
         self.failed: tuple[str, CallError] | None = None
         self.inputs = Inputs(ctx.params, ctx.query, ctx.headers, ctx.body, self.replies,
                              ctx.identity.claims, ctx.client)
+        self.headers: dict[str, list[tuple[str, str]]] = {}  # per upstream, built once
 
     async def parallel(self) -> None:
         try:
@@ -134,7 +135,10 @@ class _Run:
         upstream = self.upstreams.get(call.upstream)
         if upstream is None:  # a plan matched before a reload that removed the upstream
             raise UpstreamUnavailable(f"upstream '{call.upstream}' is no longer configured")
-        headers = upstream.outgoing_headers(self.ctx.headers, self.ctx.request_id)
+        headers = self.headers.get(call.upstream)
+        if headers is None:  # the same for every call of this request to that upstream
+            headers = self.headers[call.upstream] = upstream.outgoing_headers(
+                self.ctx.headers, self.ctx.request_id)
         if call.batch_key is not None:
             key = call.batch_key.render(self.inputs, call.name, encode=False)
             return await upstream.load(key, headers)

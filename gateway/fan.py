@@ -53,6 +53,7 @@ class Fan:
         self._upstreams = upstreams
         self._on_call = on_call
         self._route = route  # "GET /summary/<int:user_id>", for the breaker's messages
+        self._headers: dict[str, list[tuple[str, str]]] = {}  # per upstream, built once
 
     @property
     def strategy(self) -> str:
@@ -117,7 +118,10 @@ class Fan:
             url += ("&" if "?" in url else "?") + urlencode(call.params, doseq=True,
                                                                quote_via=quote)
         body = None if call.json is None else dumps(call.json)
-        headers = upstream.outgoing_headers(self.ctx.headers, self.ctx.request_id)
+        headers = self._headers.get(call.upstream)
+        if headers is None:  # the same for every call of this request to that upstream
+            headers = self._headers[call.upstream] = upstream.outgoing_headers(
+                self.ctx.headers, self.ctx.request_id)
         label = f"{'optional ' if call.optional else ''}call '{call.name}' of {self._route}"
         try:
             reply = await timed_call(record, self.ctx, label, partial(

@@ -85,6 +85,8 @@ class Upstream:
                          extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         """Static headers, the allowlisted incoming ones, and the request id.
 
+        Built once per request and upstream and shared by its calls: never changed after.
+
         A header the client named in its own `Connection` header is hop-by-hop
         for that request and is dropped even if allowlisted.
         """
