@@ -9,9 +9,8 @@ the layers under it (retries, breaker, batching) count into it, however deep the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -73,15 +72,25 @@ class Tally:
 _tally: ContextVar[Tally | None] = ContextVar("gateway_call_tally", default=None)
 
 
-@contextmanager
-def counting(label: str) -> Iterator[Tally]:
-    """Count the attempts of the call made inside this block (one call per block)."""
-    tally = Tally(label)
-    token = _tally.set(tally)
-    try:
-        yield tally
-    finally:
-        _tally.reset(token)
+class counting:
+    """Count the attempts of the call made inside this block (one call per block).
+
+    A class, not `@contextmanager`: it is entered once per upstream call, and a
+    generator-based one was 2-3% of the CPU at 30 calls a request (py-spy).
+    """
+
+    __slots__ = ("_token", "tally")
+    _token: Token[Tally | None]
+
+    def __init__(self, label: str) -> None:
+        self.tally = Tally(label)
+
+    def __enter__(self) -> Tally:
+        self._token = _tally.set(self.tally)
+        return self.tally
+
+    def __exit__(self, *exc: object) -> None:
+        _tally.reset(self._token)
 
 
 def current_call() -> Tally | None:
