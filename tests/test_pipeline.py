@@ -16,7 +16,7 @@ from gateway.layers.breaker import BreakerLayer
 from gateway.layers.budget import BodyLayer
 from gateway.layers.cache import CacheLayer, SingleFlightLayer
 from gateway.layers.measure import MetricsLayer
-from gateway.layers.retry import RetryLayer, TimeoutLayer
+from gateway.layers.retry import RetryLayer, TimeoutLayer, _CutOff
 from gateway.layers.slot import SlotLayer, Slots
 from gateway.lifecycle import within
 from gateway.metrics import Metrics
@@ -169,3 +169,23 @@ async def test_slots_queue_in_order_and_a_cancelled_waiter_passes_its_slot_on() 
     await slots.acquire()
     await slots.acquire()
     assert slots.busy()  # two slots, never more
+
+
+async def test_an_attempt_cut_off_is_a_timeout_but_a_cancellation_from_outside_stays_one(
+) -> None:
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError), _CutOff(loop.time() + 0.01):
+        await asyncio.sleep(5)
+
+    with _CutOff(loop.time() + 5):  # finished in time: nothing raised, nothing left behind
+        await asyncio.sleep(0)
+
+    async def attempt() -> None:
+        with _CutOff(loop.time() + 5):
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(attempt())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
