@@ -183,7 +183,7 @@ class CappedBody:
         if self._lease is not None:
             unpaid = len(data) - self._prepaid
             if unpaid > 0:
-                self._lease.take(unpaid)  # BudgetExhausted when the process is at its budget
+                self._lease.take(unpaid)  # _BudgetExhausted when the process is at its budget
             self._prepaid = max(0, -unpaid)
         self._size = size
         self._chunks.append(data)

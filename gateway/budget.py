@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-class BudgetExhausted(Exception):
+class _BudgetExhausted(Exception):
     """Taking these bytes would put the process over its memory budget."""
 
 
@@ -53,7 +53,7 @@ class MemoryBudget:
         if self.held + size > self.limit:
             if self.on_exhausted is not None:
                 self.on_exhausted()
-            raise BudgetExhausted
+            raise _BudgetExhausted
         self.held += size
         self.takes += 1
         self._high = max(self._high, self.held)
@@ -76,7 +76,7 @@ class Lease:
         self.size = 0
 
     def take(self, size: int) -> None:
-        """Grow the lease by `size` bytes, or raise `BudgetExhausted` (the lease is unchanged)."""
+        """Grow the lease by `size` bytes, or raise `_BudgetExhausted` (the lease is unchanged)."""
         self._budget._take(size)
         self.size += size
 

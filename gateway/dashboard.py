@@ -30,9 +30,10 @@ from quart import Response, redirect, request
 from werkzeug.datastructures import MultiDict
 
 from . import envelope
-from .auth.authenticator import AuthFailure, KeysUnavailable
+from .auth.authenticator import _AuthFailure
 from .auth.check import KEYS_RETRY_AFTER, challenge
 from .auth.identity import ANONYMOUS
+from .auth.jwks import _KeysUnavailable
 from .config import STRATEGIES, route_params
 from .context import HeaderMap
 from .errors import RequestError
@@ -157,11 +158,11 @@ async def _refusal(gw: Gateway) -> Response | None:
     try:
         identity = ANONYMOUS if authenticator is None else await authenticator.identify(
             request.headers)
-    except AuthFailure as failure:
+    except _AuthFailure as failure:
         metrics.auth_failure(failure.metric)
         value = challenge("invalid_token", failure.reason) if failure.token else challenge()
         return _denied(failure.reason, mode, value)
-    except KeysUnavailable as error:
+    except _KeysUnavailable as error:
         metrics.auth_failure("keys_unavailable")
         response = _json({"error": str(error)}, 503)
         response.headers["Retry-After"] = str(KEYS_RETRY_AFTER)

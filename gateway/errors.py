@@ -22,9 +22,12 @@ own status if it answered) and what a required failure makes of the whole
 request (`gateway_status`). Messages are one line, safe to show a client:
 they never hold a traceback or anything the client did not already know.
 
-Exceptions that never leave the package are private to the module that raises
-and catches them (`guard._TooDeep`, `body._BodyTooLarge`, ...): each is turned
-into one of the errors above (or a 4xx refusal) before a caller sees it.
+Exceptions that never leave the package are private (`_Name`): `guard._TooDeep`,
+`body._BodyTooLarge`, `budget._BudgetExhausted`, `stream._ProtocolError`,
+`auth.tokens._TokenError`, `auth.authenticator._AuthFailure`, `auth.jwks._JwksError`
+and `_KeysUnavailable`, ...
+Each is turned into one of the errors above, or a refusal (a 4xx, or 503 while
+the identity provider's keys are unavailable), before a caller sees it.
 """
 
 from __future__ import annotations

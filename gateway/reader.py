@@ -22,7 +22,7 @@ import httpx
 import orjson
 
 from .body import CappedBody, _BodyTooLarge, _BodyUndecodable
-from .budget import BudgetExhausted, Lease
+from .budget import Lease, _BudgetExhausted
 from .errors import (
     CallError,
     MemoryBudgetExhausted,
@@ -80,7 +80,7 @@ class BodyReader:
             return body
         except _BodyTooLarge:
             return self._too_large(status)
-        except BudgetExhausted:
+        except _BudgetExhausted:
             return MemoryBudgetExhausted(status)
         except _BodyUndecodable as exc:
             return self._undecodable(status, f" ({exc})")

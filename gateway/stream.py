@@ -68,7 +68,7 @@ _HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]*\Z")
 _CREDENTIALS = ("authorization", "x-api-key")  # the handshake's only, with [auth] on
 
 
-class ProtocolError(Exception):
+class _ProtocolError(Exception):
     """A client message we answer with an `error` message (the socket stays open)."""
 
     def __init__(self, message: str, request_id: Any = None) -> None:
@@ -203,7 +203,7 @@ class _Connection:
                 return 1009, f"message over {self.limits.max_message_bytes} bytes"
             try:
                 rid, coro, door = await self._start(raw)
-            except ProtocolError as error:
+            except _ProtocolError as error:
                 await self._send({"type": "error", "id": error.request_id, "error": str(error)})
                 continue
             task = tg.create_task(coro)
@@ -222,43 +222,43 @@ class _Connection:
             del self.in_flight[rid]
 
     async def _start(self, raw: str | bytes) -> tuple[Any, Coroutine[Any, Any, None], Door]:
-        """Check one message and prepare its request; raises `ProtocolError` if unusable."""
+        """Check one message and prepare its request; raises `_ProtocolError` if unusable."""
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise ProtocolError("message is not valid JSON") from None
+            raise _ProtocolError("message is not valid JSON") from None
         if not isinstance(message, dict):
-            raise ProtocolError("message must be a JSON object")
+            raise _ProtocolError("message must be a JSON object")
         rid = message.get("id")
         if rid is None or isinstance(rid, bool) or not isinstance(rid, str | int):
-            raise ProtocolError("message needs an 'id' (a string or an integer)")
+            raise _ProtocolError("message needs an 'id' (a string or an integer)")
         if isinstance(rid, str) and not 0 < len(rid) <= MAX_ID_CHARS:
-            raise ProtocolError(f"'id' must be 1 to {MAX_ID_CHARS} characters")
+            raise _ProtocolError(f"'id' must be 1 to {MAX_ID_CHARS} characters")
         if rid in self.in_flight:
-            raise ProtocolError(f"a request with id {rid!r} is already in flight", rid)
+            raise _ProtocolError(f"a request with id {rid!r} is already in flight", rid)
         if len(self.in_flight) >= self.limits.max_in_flight:
-            raise ProtocolError(
+            raise _ProtocolError(
                 f"too many requests in flight on this socket (max {self.limits.max_in_flight})",
                 rid)
         try:
             target, ctx, door = await self._prepare(message)
         except RequestError as error:
-            raise ProtocolError(str(error), rid) from None
+            raise _ProtocolError(str(error), rid) from None
         return rid, self._request(rid, target, ctx, door), door
 
     async def _prepare(self, message: dict[str, Any]) -> tuple[Target, RequestContext, Door]:
         rid = message["id"]
         path = message.get("path")
         if not isinstance(path, str) or not path.startswith("/"):
-            raise ProtocolError("message needs a 'path' starting with '/'", rid)
+            raise _ProtocolError("message needs a 'path' starting with '/'", rid)
         method = message.get("method", "GET")
         if not isinstance(method, str):
-            raise ProtocolError("'method' must be a string", rid)
+            raise _ProtocolError("'method' must be a string", rid)
         headers = self._headers(message.get("headers"), rid)
         strategy = message.get("strategy")
         if strategy is not None:
             if strategy not in STRATEGIES:
-                raise ProtocolError("'strategy' must be 'parallel' or 'sequential'", rid)
+                raise _ProtocolError("'strategy' must be 'parallel' or 'sequential'", rid)
             headers["x-gateway-strategy"] = strategy
         body = (b"" if message.get("body") is None
                 else envelope.dumps(guard.bounded_body(message["body"])))
@@ -279,17 +279,17 @@ class _Connection:
             return headers
         if not isinstance(given, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
-            raise ProtocolError("'headers' must be an object of string values", rid)
+            raise _ProtocolError("'headers' must be an object of string values", rid)
         for name, value in given.items():
             if name.lower() in _CREDENTIALS and self.gw.config.auth.enabled:
-                raise ProtocolError(f"'headers' may not carry {name}: the socket's handshake "
+                raise _ProtocolError(f"'headers' may not carry {name}: the socket's handshake "
                                     "authenticates every message on it", rid)
             # Checked here, not by the HTTP client deep in a call: CR/LF would split a header.
             if not HEADER_NAME_RE.match(name):
-                raise ProtocolError("'headers' names must be HTTP tokens "
+                raise _ProtocolError("'headers' names must be HTTP tokens "
                                     "(letters, digits and !#$%&'*+-.^_`|~)", rid)
             if not _HEADER_VALUE_RE.match(value):
-                raise ProtocolError(f"'headers' value of {name!r} must be printable ASCII "
+                raise _ProtocolError(f"'headers' value of {name!r} must be printable ASCII "
                                     "(no CR, LF, NUL or other control characters)", rid)
             headers[name.lower()] = value
         return headers

@@ -16,14 +16,13 @@ from gateway._httpserver import Request, Response, json_response
 from gateway.auth import (
     ApiKeys,
     JwksCache,
-    JwksError,
-    KeysUnavailable,
     TokenPolicy,
     parse_jwks,
     read_jwks_file,
     verify,
 )
 from gateway.auth import jwks as jwks_module
+from gateway.auth.jwks import _JwksError, _KeysUnavailable
 
 KEYS = new_keys()
 POLICY = TokenPolicy(algorithms=("RS256", "ES256"), audience="bff")
@@ -89,7 +88,7 @@ async def test_provider_down_at_start_is_retried_while_keys_are_unavailable(
         await cache.start()  # does not raise: the gateway starts without its IdP
         assert cache.problem is not None
         assert "503" in cache.problem
-        with pytest.raises(KeysUnavailable, match="503"):
+        with pytest.raises(_KeysUnavailable, match="503"):
             cache.keys()
         await asyncio.sleep(0.2)
         assert len(server.seen) >= 2  # retried in the background, with a backoff
@@ -141,14 +140,14 @@ async def test_oversize_or_bad_jwks_document_is_refused(upstream: UpstreamFactor
     ({"keys": [{"kty": "oct"}] * 101}, "more than 100"),
 ])
 def test_bad_jwks_documents_are_refused_with_a_reason(document: Any, reason: str) -> None:
-    with pytest.raises(JwksError, match=reason):
+    with pytest.raises(_JwksError, match=reason):
         parse_jwks(document)
 
 
 def test_private_keys_in_a_jwks_are_refused() -> None:
     import jwt
     private = json.loads(jwt.get_algorithm_by_name("RS256").to_jwk(KEYS["RS256"].private))
-    with pytest.raises(JwksError, match="private key"):
+    with pytest.raises(_JwksError, match="private key"):
         parse_jwks({"keys": [private]})
 
 
@@ -156,10 +155,10 @@ def test_jwks_file_is_read_at_load(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     path.write_text(json.dumps(jwks(KEYS["ES256"])))
     assert "ec-1" in read_jwks_file(str(path)).by_kid
-    with pytest.raises(JwksError, match="cannot read"):
+    with pytest.raises(_JwksError, match="cannot read"):
         read_jwks_file(str(tmp_path / "missing.json"))
     path.write_text("{")
-    with pytest.raises(JwksError, match="not JSON"):
+    with pytest.raises(_JwksError, match="not JSON"):
         read_jwks_file(str(path))
 
 

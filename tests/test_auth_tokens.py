@@ -15,13 +15,13 @@ from jwt_support import SECRET, SigningKey, b64, claims, hs256, jwks, new_keys
 from gateway.auth import (
     Identity,
     KeySet,
-    TokenError,
     TokenPolicy,
     missing_scopes,
     parse_jwks,
     scopes_of,
     verify,
 )
+from gateway.auth.tokens import _TokenError
 
 KEYS = new_keys()
 KEYSET = parse_jwks(jwks(*KEYS.values()))
@@ -32,7 +32,7 @@ HS_KEYS = KeySet.from_secret(SECRET)
 
 
 def refused(token: str, policy: TokenPolicy = POLICY, keys: KeySet = KEYSET) -> str:
-    with pytest.raises(TokenError) as caught:
+    with pytest.raises(_TokenError) as caught:
         verify(token, policy, keys)
     reason = caught.value.reason
     assert reason
@@ -172,7 +172,7 @@ def test_every_token_mutation_is_refused_with_one_line_never_an_exception(
     reason: str | None = None
     try:
         verify(mutated, POLICY, KEYSET)
-    except TokenError as exc:
+    except _TokenError as exc:
         reason = exc.reason
     if reason is None:  # base64 padding bits may leave the decoded bytes unchanged
         assert _same_bytes(mutated, _GOOD)
@@ -191,7 +191,7 @@ def test_every_token_mutation_is_refused_with_one_line_never_an_exception(
 def test_arbitrary_header_and_payload_json_is_refused_cleanly(header: dict[str, Any],
                                                               payload: Any) -> None:
     token = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}.c2ln"
-    with pytest.raises(TokenError) as caught:
+    with pytest.raises(_TokenError) as caught:
         verify(token, POLICY, KEYSET)
     assert "\n" not in caught.value.reason
 
@@ -199,7 +199,7 @@ def test_arbitrary_header_and_payload_json_is_refused_cleanly(header: dict[str, 
 @pytest.mark.parametrize("alg", ["\n", "HS256\r\nX-Forged: 1", "\x00"])
 def test_control_characters_in_alg_stay_out_of_the_one_line_reason(alg: str) -> None:
     token = f"{b64(json.dumps({'alg': alg}).encode())}.{b64(b'{}')}.c2ln"
-    with pytest.raises(TokenError) as caught:
+    with pytest.raises(_TokenError) as caught:
         verify(token, POLICY, KEYSET)
     assert "not allowed" in caught.value.reason
     assert not set("\r\n\x00") & set(caught.value.reason)

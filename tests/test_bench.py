@@ -17,7 +17,6 @@ import pytest
 from gateway.bench import (
     MAX_REASONS,
     BenchReport,
-    GatewayStartError,
     StrategyStats,
     bench_url,
     configure_parser,
@@ -27,7 +26,7 @@ from gateway.bench import (
     percentile,
     run,
 )
-from gateway.bench.spawn import spawned
+from gateway.bench.spawn import _GatewayStartError, spawned
 from gateway.bench.stats import Sample, summarise
 
 # the fake's sequential answer is 3x slower, as if its three calls ran one by one
@@ -320,7 +319,7 @@ async def test_spawned_enters_once_healthy_and_stops_the_process() -> None:
 async def test_spawned_reports_an_early_exit_in_one_line() -> None:
     script = "import sys; sys.stderr.write('bad config\\n\\n  line two\\n'); sys.exit(3)"
     with pytest.raises(
-        GatewayStartError, match=r"code 3 before it was ready: bad config; line two"
+        _GatewayStartError, match=r"code 3 before it was ready: bad config; line two"
     ):
         async with spawned([sys.executable, "-c", script], f"http://127.0.0.1:{_port()}"):
             pytest.fail("entered although the gateway exited")
@@ -328,6 +327,6 @@ async def test_spawned_reports_an_early_exit_in_one_line() -> None:
 
 async def test_spawned_gives_up_when_healthz_never_answers() -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
-    with pytest.raises(GatewayStartError, match="did not answer GET /healthz"):
+    with pytest.raises(_GatewayStartError, match="did not answer GET /healthz"):
         async with spawned(argv, f"http://127.0.0.1:{_port()}", ready_timeout=0.3):
             pytest.fail("entered although the gateway never became healthy")

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from gateway.body import SLICE_BYTES, CappedBody, _BodyTooLarge, _BodyUndecodable
-from gateway.budget import BudgetExhausted, MemoryBudget
+from gateway.budget import MemoryBudget, _BudgetExhausted
 
 
 def _feed(encoding: str, data: bytes, limit: int, chunk: int = 1024) -> bytes:
@@ -107,7 +107,7 @@ def test_a_body_past_the_budget_is_refused_and_emptied() -> None:
     budget.lease().take(60_000)  # another call in flight
     body = CappedBody("", 1_000_000, budget.lease())
     body.feed(b"x" * 30_000)
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(_BudgetExhausted):
         body.feed(b"x" * 30_000)
     assert (budget.held, body.value) == (90_000, b"")
 
@@ -138,5 +138,5 @@ def test_a_declared_size_is_taken_from_the_budget_at_once() -> None:
     assert budget.held == 60_000  # paid for already
     body.feed(b"x" * 20_000)  # more than declared: the rest is taken as it comes
     assert budget.held == 70_000
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(_BudgetExhausted):
         CappedBody("", 1_000_000, budget.lease()).expect(40_000)  # refused before a byte

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.budget import BudgetExhausted, MemoryBudget
+from gateway.budget import MemoryBudget, _BudgetExhausted
 
 
 def test_leases_share_one_limit() -> None:
@@ -13,7 +13,7 @@ def test_leases_share_one_limit() -> None:
     one.take(600)
     two.take(400)
     assert budget.held == 1000
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(_BudgetExhausted):
         two.take(1)
 
 
@@ -22,7 +22,7 @@ def test_a_refused_take_changes_nothing_and_is_heard() -> None:
     budget = MemoryBudget(100, on_exhausted=lambda: refused.append(1))
     lease = budget.lease()
     lease.take(60)
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(_BudgetExhausted):
         lease.take(41)
     assert (lease.size, budget.held, refused) == (60, 60, [1])
 
@@ -44,7 +44,7 @@ def test_a_lower_limit_refuses_new_bytes_but_keeps_what_is_held() -> None:
     lease = budget.lease()
     lease.take(80)
     budget.limit = 50  # a reload
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(_BudgetExhausted):
         budget.lease().take(1)
     lease.release()
     assert budget.held == 0

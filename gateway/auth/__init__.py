@@ -7,19 +7,16 @@ with blocking urllib.
 
 from .apikeys import ApiKeys
 from .identity import ANONYMOUS, Identity, missing_scopes, scopes_of
-from .jwks import JwksCache, JwksError, Key, KeySet, KeysUnavailable, parse_jwks, read_jwks_file
-from .tokens import TokenError, TokenPolicy, read_header, verify
+from .jwks import JwksCache, Key, KeySet, parse_jwks, read_jwks_file
+from .tokens import TokenPolicy, read_header, verify
 
 __all__ = [
     "ANONYMOUS",
     "ApiKeys",
     "Identity",
     "JwksCache",
-    "JwksError",
     "Key",
     "KeySet",
-    "KeysUnavailable",
-    "TokenError",
     "TokenPolicy",
     "missing_scopes",
     "parse_jwks",

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 from .apikeys import ApiKeys
 from .identity import ANONYMOUS, Identity
-from .jwks import Key, KeySet, KeysUnavailable
-from .tokens import TokenError, TokenPolicy, read_header, verify
+from .jwks import Key, KeySet
+from .tokens import TokenPolicy, _TokenError, read_header, verify
 
-__all__ = ["AuthFailure", "Authenticator", "KeysUnavailable"]
+__all__ = ["Authenticator"]
 
 
 class _Settings(Protocol):
@@ -47,7 +47,7 @@ class _Keys(Protocol):
     async def refresh_for(self, kid: str) -> KeySet: ...
 
 
-class AuthFailure(Exception):
+class _AuthFailure(Exception):
     """Credentials were sent and refused; `reason` is one line for the client.
 
     `token` tells a refused bearer token (`error="invalid_token"`) from a refused API key;
@@ -85,7 +85,7 @@ class Authenticator:
     async def identify(self, headers: Mapping[str, str] | Any) -> Identity:
         """The caller; `ANONYMOUS` without credentials of ours.
 
-        Raises `AuthFailure` for refused credentials and `KeysUnavailable` when a token
+        Raises `_AuthFailure` for refused credentials and `_KeysUnavailable` when a token
         was sent but the identity provider's keys could not be fetched yet.
         """
         token = _bearer(headers.get("authorization")) if self.tokens else None
@@ -95,7 +95,7 @@ class Authenticator:
         if presented is not None and self.api_keys:
             client = self.api_keys.client_for(presented)
             if client is None:
-                raise AuthFailure("X-API-Key is not a known key", token=False,
+                raise _AuthFailure("X-API-Key is not a known key", token=False,
                                   metric="invalid_api_key")
             return Identity.from_api_key(client)
         return ANONYMOUS
@@ -103,17 +103,17 @@ class Authenticator:
     async def _claims(self, token: str) -> dict[str, Any]:
         try:
             if not token:
-                raise TokenError("empty bearer token")
+                raise _TokenError("empty bearer token")
             keys = await self._keys(read_header(token).get("kid"))
             return verify(token, self.policy, keys)
-        except TokenError as error:
+        except _TokenError as error:
             metric = "expired" if error.reason == "token expired" else "invalid_token"
-            raise AuthFailure(error.reason, token=True, metric=metric) from None
+            raise _AuthFailure(error.reason, token=True, metric=metric) from None
 
     async def _keys(self, kid: str | None) -> KeySet:
         if self._jwks is None:
             return self._fixed
-        fetched = self._jwks.keys()  # KeysUnavailable until the first fetch succeeded
+        fetched = self._jwks.keys()  # _KeysUnavailable until the first fetch succeeded
         if kid is not None and kid not in fetched.by_kid:
             fetched = await self._jwks.refresh_for(kid)  # at most once a minute
         if not self._fixed.keys:

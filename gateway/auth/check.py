@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING
 from ..config.auth import AuthSettings, EndpointAccess
 from ..context import IDENTITY
 from ..door import HANDSHAKE, JOB, SOCKET, Door, Refusal
-from .authenticator import AuthFailure, KeysUnavailable
+from .authenticator import _AuthFailure
 from .identity import ANONYMOUS, Identity, expires_at, missing_scopes
+from .jwks import _KeysUnavailable
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -108,12 +109,12 @@ class AuthCheck:
         assert authenticator is not None
         try:
             return await authenticator.identify(door.headers)
-        except KeysUnavailable as error:
+        except _KeysUnavailable as error:
             if not strict:
                 return ANONYMOUS
             runtime.metrics.auth_failure("keys_unavailable")
             return Refusal(503, str(error), {"Retry-After": str(KEYS_RETRY_AFTER)})
-        except AuthFailure as failure:
+        except _AuthFailure as failure:
             if not strict:
                 return ANONYMOUS
             runtime.metrics.auth_failure(failure.metric)

@@ -5,7 +5,7 @@ The cache fetches at start and again only when a token names an unknown `kid`, a
 once per `REFRESH_INTERVAL` after the previous fetch: never per request, so a flood of
 made-up kids costs one fetch a minute. An identity provider down at start is retried in
 the cache's own task with a backoff; until the first success `keys()` raises
-`KeysUnavailable` (the endpoints that need a token answer 503) and `problem` says why
+`_KeysUnavailable` (the endpoints that need a token answer 503) and `problem` says why
 (for `/readyz`).
 """
 
@@ -32,11 +32,11 @@ FETCH_TIMEOUT = 10.0
 MIN_HS_SECRET = 32  # bytes; RFC 7518 3.2 wants a key at least the hash's size
 
 
-class KeysUnavailable(Exception):
+class _KeysUnavailable(Exception):
     """The key set is not loaded yet (identity provider down): answer 503, not 401."""
 
 
-class JwksError(ValueError):
+class _JwksError(ValueError):
     """A JWKS document is unusable; the message is one line."""
 
 
@@ -66,57 +66,57 @@ class KeySet:
 def parse_jwks(document: Any) -> KeySet:
     """A JWKS (`{"keys": [...]}`) as a `KeySet`; private keys and unknown types are refused."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise JwksError('JWKS is not an object with a "keys" list')
+        raise _JwksError('JWKS is not an object with a "keys" list')
     raw_keys: list[Any] = document["keys"]
     if len(raw_keys) > MAX_KEYS:
-        raise JwksError(f"JWKS has more than {MAX_KEYS} keys")
+        raise _JwksError(f"JWKS has more than {MAX_KEYS} keys")
     keys: list[Key] = []
     for i, raw in enumerate(raw_keys):
         try:
             keys.append(_key(raw))
-        except JwksError as exc:
-            raise JwksError(f"JWKS key {i}: {exc}") from None
+        except _JwksError as exc:
+            raise _JwksError(f"JWKS key {i}: {exc}") from None
     return KeySet.of(keys)
 
 
 def _key(raw: Any) -> Key:
     if not isinstance(raw, dict):
-        raise JwksError("not an object")
+        raise _JwksError("not an object")
     kty, kid, alg, use = raw.get("kty"), raw.get("kid"), raw.get("alg"), raw.get("use")
     if kty not in ("oct", "RSA", "EC", "OKP"):
-        raise JwksError(f"unsupported kty {kty!r}")
+        raise _JwksError(f"unsupported kty {kty!r}")
     if kid is not None and not isinstance(kid, str):
-        raise JwksError("kid is not a string")
+        raise _JwksError("kid is not a string")
     if alg is not None and not isinstance(alg, str):
-        raise JwksError("alg is not a string")
+        raise _JwksError("alg is not a string")
     if use not in (None, "sig"):
-        raise JwksError(f"use {use!r} is not sig")
+        raise _JwksError(f"use {use!r} is not sig")
     if kty != "oct" and "d" in raw:
-        raise JwksError("is a private key; publish only public keys")
+        raise _JwksError("is a private key; publish only public keys")
     try:
         parsed = jwt.PyJWK(raw)
     except jwt.PyJWTError as exc:
-        raise JwksError(" ".join(str(exc).split())[:200]) from None
+        raise _JwksError(" ".join(str(exc).split())[:200]) from None
     return Key(kid, kty, alg, parsed.key)
 
 
 def read_jwks_file(path: str) -> KeySet:
-    """`auth.jwks_file`, read once at load (before the loop runs); raises `JwksError`."""
+    """`auth.jwks_file`, read once at load (before the loop runs); raises `_JwksError`."""
     try:
         with open(path, "rb") as f:
             body = f.read(MAX_JWKS_BYTES + 1)
     except OSError as exc:
-        raise JwksError(f"cannot read {path}: {exc.strerror}") from None
+        raise _JwksError(f"cannot read {path}: {exc.strerror}") from None
     return _decode(body)
 
 
 def _decode(body: bytes) -> KeySet:
     if len(body) > MAX_JWKS_BYTES:
-        raise JwksError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+        raise _JwksError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise JwksError("JWKS is not JSON") from None
+        raise _JwksError("JWKS is not JSON") from None
     return parse_jwks(document)
 
 
@@ -155,7 +155,7 @@ class JwksCache:
 
     def keys(self) -> KeySet:
         if self._keys is None:
-            raise KeysUnavailable(f"identity provider keys unavailable: {self.problem}")
+            raise _KeysUnavailable(f"identity provider keys unavailable: {self.problem}")
         return self._keys
 
     async def refresh_for(self, kid: str) -> KeySet:
@@ -188,14 +188,14 @@ class JwksCache:
         try:
             async with self._client.stream("GET", self.url, timeout=FETCH_TIMEOUT) as reply:
                 if reply.status_code != 200:
-                    raise JwksError(f"JWKS answered {reply.status_code}")
+                    raise _JwksError(f"JWKS answered {reply.status_code}")
                 body = bytearray()
                 async for chunk in reply.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_JWKS_BYTES:
-                        raise JwksError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+                        raise _JwksError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
             keys = _decode(bytes(body))
-        except (httpx.HTTPError, JwksError) as exc:
+        except (httpx.HTTPError, _JwksError) as exc:
             self.problem = f"{self.url}: {' '.join(str(exc).split()) or type(exc).__name__}"
             log.warning("JWKS fetch failed: %s", self.problem)
             return False

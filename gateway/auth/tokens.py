@@ -21,20 +21,19 @@ from typing import Any
 import jwt
 import orjson
 
-from .jwks import Key, KeySet, KeysUnavailable
+from .jwks import Key, KeySet
 
 MAX_TOKEN_BYTES = 16 * 1024  # a longer bearer token is refused unread
 MAX_HEADER_BYTES = 1024  # the decoded JOSE header
 KID = re.compile(r"[A-Za-z0-9_.:=+-]{1,128}")  # no '/', '\\', '..' or control characters
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 FAMILY = {"HS": "oct", "RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-__all__ = ["KeysUnavailable", "TokenError", "TokenPolicy", "read_header", "verify"]
 
 SUPPORTED = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
              "ES256", "ES384", "ES512", "EdDSA")
 
 
-class TokenError(Exception):
+class _TokenError(Exception):
     """A token was refused; `reason` is one line, safe to show the client (401)."""
 
     def __init__(self, reason: str) -> None:
@@ -58,44 +57,44 @@ def key_family(alg: str) -> str | None:
 
 
 def read_header(token: str) -> dict[str, Any]:
-    """The token's JOSE header, after every structural check; raises `TokenError`."""
+    """The token's JOSE header, after every structural check; raises `_TokenError`."""
     if len(token) > MAX_TOKEN_BYTES:
-        raise TokenError(f"token longer than {MAX_TOKEN_BYTES} bytes")
+        raise _TokenError(f"token longer than {MAX_TOKEN_BYTES} bytes")
     parts = token.split(".")
     if len(parts) != 3:
-        raise TokenError("token is not three dot-separated parts")
+        raise _TokenError("token is not three dot-separated parts")
     if not (parts[0] and parts[1] and all(_B64URL.fullmatch(part) for part in parts)):
-        raise TokenError("token part is not base64url")
+        raise _TokenError("token part is not base64url")
     if len(parts[0]) > MAX_HEADER_BYTES * 4 // 3 + 4:
-        raise TokenError(f"token header longer than {MAX_HEADER_BYTES} bytes")
+        raise _TokenError(f"token header longer than {MAX_HEADER_BYTES} bytes")
     try:
         raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
         header = orjson.loads(raw)
     except (binascii.Error, ValueError):
-        raise TokenError("token header is not base64url JSON") from None
+        raise _TokenError("token header is not base64url JSON") from None
     if not isinstance(header, dict):
-        raise TokenError("token header is not a JSON object")
+        raise _TokenError("token header is not a JSON object")
     alg = header.get("alg")
     if not isinstance(alg, str):
-        raise TokenError("token header has no alg")
+        raise _TokenError("token header has no alg")
     if alg.lower() == "none":
-        raise TokenError("unsigned token (alg none) refused")
+        raise _TokenError("unsigned token (alg none) refused")
     if not parts[2]:
-        raise TokenError("token has no signature")
+        raise _TokenError("token has no signature")
     kid = header.get("kid")
     if kid is not None and not (isinstance(kid, str) and KID.fullmatch(kid)
                                 and ".." not in kid):
-        raise TokenError("token kid is not a plain key name")
+        raise _TokenError("token kid is not a plain key name")
     return header
 
 
 def verify(token: str, policy: TokenPolicy, keys: KeySet) -> dict[str, Any]:
-    """The token's claims if it is valid under `policy` with one of `keys`; else `TokenError`."""
+    """The token's claims if it is valid under `policy` with one of `keys`; else `_TokenError`."""
     header = read_header(token)
     alg: str = header["alg"]
     if alg not in policy.algorithms or key_family(alg) is None:
         # repr: the alg is client text; a newline in it must not split the one-line reason
-        raise TokenError(f"token algorithm {alg[:32]!r} not allowed")
+        raise _TokenError(f"token algorithm {alg[:32]!r} not allowed")
     key = choose_key(keys, header.get("kid"), alg)
     return _decode(token, key, alg, policy)
 
@@ -106,15 +105,15 @@ def choose_key(keys: KeySet, kid: str | None, alg: str) -> Key:
     if kid is not None:
         key = keys.by_kid.get(kid)
         if key is None:
-            raise TokenError("token kid is not a known key")
+            raise _TokenError("token kid is not a known key")
         candidates = [key]
     else:
         candidates = [k for k in keys.keys if k.kty == family]
         if len(candidates) != 1:
-            raise TokenError("token has no kid and no single key fits its algorithm")
+            raise _TokenError("token has no kid and no single key fits its algorithm")
     key = candidates[0]
     if key.kty != family or (key.alg is not None and key.alg != alg):
-        raise TokenError(f"token algorithm {alg} does not match its key")
+        raise _TokenError(f"token algorithm {alg} does not match its key")
     return key
 
 
@@ -129,19 +128,19 @@ def _decode(token: str, key: Key, alg: str, policy: TokenPolicy) -> dict[str, An
                 token, key.key, algorithms=[alg], audience=policy.audience,
                 issuer=policy.issuer, leeway=policy.leeway, options=options)
     except jwt.ExpiredSignatureError:
-        raise TokenError("token expired") from None
+        raise _TokenError("token expired") from None
     except jwt.ImmatureSignatureError:
-        raise TokenError("token not valid yet (nbf)") from None
+        raise _TokenError("token not valid yet (nbf)") from None
     except jwt.InvalidAudienceError:
-        raise TokenError("token audience is not this gateway's") from None
+        raise _TokenError("token audience is not this gateway's") from None
     except jwt.InvalidIssuerError:
-        raise TokenError("token issuer is not the configured one") from None
+        raise _TokenError("token issuer is not the configured one") from None
     except jwt.InvalidSignatureError:
-        raise TokenError("token signature does not verify") from None
+        raise _TokenError("token signature does not verify") from None
     except jwt.PyJWTError as exc:
-        raise TokenError(f"invalid token: {_one_line(exc)}") from None
+        raise _TokenError(f"invalid token: {_one_line(exc)}") from None
     except (ValueError, TypeError, OverflowError) as exc:  # a claim of an unusable type
-        raise TokenError(f"invalid token: {_one_line(exc)}") from None
+        raise _TokenError(f"invalid token: {_one_line(exc)}") from None
     _check_claim_types(claims)
     return claims
 
@@ -149,11 +148,11 @@ def _decode(token: str, key: Key, alg: str, policy: TokenPolicy) -> dict[str, An
 def _check_claim_types(claims: Mapping[str, Any]) -> None:
     for name in ("sub", "iss", "scope"):
         if name in claims and not isinstance(claims[name], str):
-            raise TokenError(f"token claim {name} is not a string")
+            raise _TokenError(f"token claim {name} is not a string")
     scp = claims.get("scp")
     if scp is not None and not (isinstance(scp, str) or (
             isinstance(scp, list) and all(isinstance(s, str) for s in scp))):
-        raise TokenError("token claim scp is not a string or a list of strings")
+        raise _TokenError("token claim scp is not a string or a list of strings")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ and stopped afterwards, so one command measures a config without any setup.
 
 from .command import configure_parser, run
 from .load import STRATEGIES, STRATEGY_HEADER, Progress, bench_url
-from .spawn import READY_TIMEOUT, STOP_GRACE, GatewayStartError
+from .spawn import READY_TIMEOUT, STOP_GRACE
 from .stats import (
     MAX_REASONS,
     BenchReport,
@@ -34,7 +34,6 @@ __all__ = [
     "STRATEGIES",
     "STRATEGY_HEADER",
     "BenchReport",
-    "GatewayStartError",
     "Progress",
     "StrategyStats",
     "bench_url",

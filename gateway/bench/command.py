@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from .load import Progress, bench_url
-from .spawn import GatewayStartError, free_port, serve_argv, spawned
+from .spawn import _GatewayStartError, free_port, serve_argv, spawned
 from .stats import BenchReport, format_report
 
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
         report = asyncio.run(_bench(args, progress))
-    except GatewayStartError as exc:
+    except _GatewayStartError as exc:
         print(f"gateway bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

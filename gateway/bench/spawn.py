@@ -17,7 +17,7 @@ _POLL_INTERVAL = 0.05
 _STDERR_TAIL = 4096  # bytes of a spawned gateway's stderr kept to explain an early exit
 
 
-class GatewayStartError(Exception):
+class _GatewayStartError(Exception):
     """The gateway subprocess exited or never became healthy: there is nothing to bench."""
 
 
@@ -58,7 +58,7 @@ async def spawned(
         if proc.returncode is not None:
             # bounded: a grandchild may still hold the pipe open
             await asyncio.wait([drain], timeout=1.0)
-            raise GatewayStartError(
+            raise _GatewayStartError(
                 f"gateway exited with code {proc.returncode} before it was ready: {_one_line(tail)}"
             )
         yield proc
@@ -95,7 +95,7 @@ async def _wait_healthy(
                             return
                     await asyncio.sleep(_POLL_INTERVAL)
         except TimeoutError:
-            raise GatewayStartError(
+            raise _GatewayStartError(
                 f"gateway did not answer GET /healthz with 200 within {ready_timeout:g} s"
             ) from None
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..auth.jwks import MIN_HS_SECRET, JwksError, KeySet, read_jwks_file
+from ..auth.jwks import MIN_HS_SECRET, KeySet, _JwksError, read_jwks_file
 from ..auth.tokens import SUPPORTED
 from ..limits.clientip import parse_networks
 from ..limits.ratelimit import Rate, parse_rate
@@ -115,7 +115,7 @@ def parse_auth(fail: Fail, raw: Any, expand: Expand) -> AuthSettings:
     if jwks_file is not None:
         try:
             file_keys = read_jwks_file(jwks_file)
-        except JwksError as exc:
+        except _JwksError as exc:
             fail(f"{p}.jwks_file", str(exc))
     algorithms = _algorithms(fail, raw, p, secret is not None)
     leeway = raw.get("leeway", 30)

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from quart import Response, request
 
 from .. import envelope
-from ..auth.authenticator import AuthFailure, KeysUnavailable
+from ..auth.authenticator import _AuthFailure
 from ..auth.check import KEYS_RETRY_AFTER, challenge
+from ..auth.jwks import _KeysUnavailable
 from ..context import RequestContext
 from ..errors import ConfigError, JobsError
 from ..result import refusal
@@ -161,10 +162,10 @@ async def _caller(gw: Gateway) -> str | Response | None:
         return None
     try:
         identity = await authenticator.identify(request.headers)
-    except AuthFailure as failure:
+    except _AuthFailure as failure:
         value = challenge("invalid_token", failure.reason) if failure.token else challenge()
         return _json({"error": failure.reason}, 401, {"WWW-Authenticate": value})
-    except KeysUnavailable as error:
+    except _KeysUnavailable as error:
         return _json({"error": str(error)}, 503, {"Retry-After": str(KEYS_RETRY_AFTER)})
     return owner_of({"kind": identity.kind, "client": identity.client,
                      "claims": identity.claims})
