@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-from quart import Quart, Response, g, has_request_context, has_websocket_context, request, websocket
+from quart import Quart, Response, has_request_context, has_websocket_context, request, websocket
 from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing.exceptions import WebsocketMismatch
@@ -46,6 +46,7 @@ from .plan import compile_plans
 from .result import Result, refusal, request_id, strategy_of
 from .routing import CodeView, Router, Target
 from .runtime import Runtime
+from .wrappers import GatewayApp, current_request
 
 log = logging.getLogger("gateway")
 
@@ -67,7 +68,10 @@ class Gateway:
     """A configured gateway: its Quart app, its plans, its code-defined endpoints.
 
     `gw = Gateway("gateway.toml")`, then `@gw.aggregate(route)` for endpoints
-    written in Python, and serve `gw.app`.
+    written in Python, and serve `gw.app`. Its parts are plain attributes: `config`
+    and `router` (swapped whole by `swap_config` on a reload), `ingress`, `app`
+    (`gw.app.gateway is gw`), `stream` (`/ws`), `reloader`, and `runtime` while the
+    app serves (`current_runtime()`).
     """
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | Config,
@@ -77,10 +81,9 @@ class Gateway:
         self.ingress = Ingress(self)
         self.runtime: Runtime | None = None
         self._origins: tuple[object, OriginPolicy] | None = None
-        self.app = Quart(import_name)
+        self.app = GatewayApp(self, import_name)
         self.app.json = OrjsonProvider(self.app)
         self.app.config["MAX_CONTENT_LENGTH"] = self.config.gateway.max_request_bytes
-        self.app.extensions["gateway"] = self
         self._wire()
 
     # -- public API -------------------------------------------------------------------------
@@ -142,7 +145,8 @@ class Gateway:
             logs.install(self.config.gateway.log_format)  # served: one log format, escaped
             runtime = Runtime(self.config)
             await runtime.start()
-            self.runtime = runtime
+            self.runtime = runtime  # before the jobs: a job may start at once
+            await runtime.open_jobs(*jobs.api.new_store(self))
 
         @app.after_serving
         async def stop() -> None:
@@ -172,13 +176,13 @@ class Gateway:
         app.asgi_app = proxies.ClientAddress(  # type: ignore[method-assign]
             app.asgi_app, lambda: self.config.limits.trusted_proxies)
         jobs.register(self)
-        reload.register(self)  # SIGHUP
+        self.reloader = reload.register(self)  # SIGHUP
         if self.config.gateway.cors_origins:
             app.after_request(self._cors)
 
     async def _dispatch(self, _path: str = "") -> Response:
-        # Arrival as the request-metrics hook saw it, so meta and metrics share one clock.
-        started = g.get("gateway_started") or time.perf_counter()
+        incoming = current_request()
+        started = incoming.started  # one clock for meta and the request metrics
         headers = request.headers
         if self.origins.is_preflight(request.method, headers):
             return self._preflight()
@@ -193,7 +197,7 @@ class Gateway:
             return _respond(self.ingress.refusal(door, error))
         finally:
             if door.target is not None:  # the route template labels the request's metrics
-                g.gateway_target = door.target
+                incoming.target = door.target
         if not wants_body(target):
             await _drain()
         try:  # the door holds the client's concurrency slot until the answer is made
@@ -219,7 +223,7 @@ class Gateway:
         path, method = request.path, request.method
         allowed, target = self.router.allowed(path)
         if target is not None:
-            g.gateway_target = target  # a 405 counts under its route, not as unmatched
+            current_request().target = target  # a 405 counts under its route, not unmatched
         allowed |= methods.builtin_methods(self.app.url_map, path)
         if not allowed:
             return self._error(404, f"no endpoint for {method} {path}", request.headers,

@@ -13,13 +13,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, g, request
+from quart import Response, request
 
 from .breaker import OPEN
 from .envelope import dumps
 from .jobs import publish_counts
 from .logs import ROUTE_SCOPE_KEY
 from .metrics import CONTENT_TYPE, UNMATCHED
+from .wrappers import GatewayRequest, current_request
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -78,31 +79,26 @@ def register(gw: Gateway) -> None:
         text = await asyncio.to_thread(runtime.metrics.exposition)
         return Response(text, status=200, content_type=CONTENT_TYPE)
 
-    async def started() -> None:
-        g.gateway_started = time.perf_counter()
-
     async def observe(response: Response) -> Response:
         runtime = gw.runtime
-        began = g.get("gateway_started")
-        endpoint = _endpoint()
+        incoming = current_request()
+        endpoint = _endpoint(incoming)
         request.scope[ROUTE_SCOPE_KEY] = endpoint  # type: ignore[literal-required]  # logs.py
-        if runtime is not None and began is not None:
+        if runtime is not None:
             runtime.metrics.request(endpoint, _method(), response.status_code,
-                                    time.perf_counter() - began)
+                                    time.perf_counter() - incoming.started)
         return response
 
     app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
-    app.before_request(started)
     app.after_request(observe)
 
 
-def _endpoint() -> str:
+def _endpoint(incoming: GatewayRequest) -> str:
     """The route template (bounded label values), never the path the client sent."""
-    target = g.get("gateway_target")
-    if target is not None:
-        return str(target.route)
-    rule = request.url_rule
+    if incoming.target is not None:
+        return str(incoming.target.route)
+    rule = incoming.url_rule
     if rule is None or rule.endpoint in _AGGREGATE_ENDPOINTS:
         return UNMATCHED
     return rule.rule

@@ -132,7 +132,6 @@ class Reloader:
 def register(gw: Gateway) -> Reloader:
     """SIGHUP (and the optional file watch) reloads this gateway while it serves."""
     reloader = Reloader(gw)
-    gw.app.extensions["gateway.reloader"] = reloader
     gw.app.before_serving(reloader.start)
     gw.app.after_serving(reloader.stop)
     return reloader

@@ -11,7 +11,7 @@ from .auth.authenticator import Authenticator
 from .auth.jwks import JwksCache
 from .budget import MemoryBudget
 from .config import Config, UpstreamConfig
-from .jobs.store import JobStore
+from .jobs.store import Execute, JobStore
 from .limits.ratelimit import Concurrency, RateLimiter
 from .metrics import Metrics
 from .reader import INFLATING
@@ -44,7 +44,7 @@ class Runtime:
         self.required = required_upstreams(config)  # for /readyz
         self._retired: dict[Upstream, asyncio.Task[None]] = {}  # replaced by a reload
         self.recent = Recent()  # the last requests, for the dashboard
-        self.jobs: JobStore | None = None  # opened by gateway.jobs while the app serves
+        self.jobs: JobStore | None = None  # open_jobs(), once the runtime is serving
         self._open_access(config)
 
     def _open_access(self, config: Config) -> None:
@@ -99,7 +99,15 @@ class Runtime:
         if self.jwks is not None:  # down at start: retried in its own task, never fatal
             await self.jwks.start()
 
+    async def open_jobs(self, store: JobStore, execute: Execute) -> None:
+        """Start the job store; last, as a job may start at once (on this runtime)."""
+        await store.start(execute)
+        self.jobs = store
+
     async def close(self) -> None:
+        if self.jobs is not None:  # first: running jobs finish on open upstream clients
+            await self.jobs.close()
+            self.jobs = None
         if self._trim is not None:
             self._trim.cancel()
             self._trim = None

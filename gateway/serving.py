@@ -145,10 +145,10 @@ def signalled_trigger(gw: Gateway | None) -> Callable[[], Awaitable[None]]:
 
 def gateway_of(app: Any) -> Gateway | None:
     """The `Gateway` whose Quart app `app` is (Hypercorn may wrap it); None for other apps."""
-    from .app import Gateway
+    from .wrappers import GatewayApp  # quart: in the worker only
 
-    gw = getattr(getattr(app, "app", app), "extensions", {}).get("gateway")
-    return gw if isinstance(gw, Gateway) else None
+    inner = getattr(app, "app", app)
+    return inner.gateway if isinstance(inner, GatewayApp) else None
 
 
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -12,9 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+from quart import Quart
 from support import REPO, UpstreamFactory, call, endpoint, free_port, make_config, reply, to_toml
 
-from gateway import create_app, load_config
+from gateway import Gateway, create_app, load_config
+from gateway.jobs.worker import load_gateway
+from gateway.serving import gateway_of
 
 
 async def test_create_app_takes_a_path_a_dict_or_a_config(
@@ -32,6 +36,35 @@ async def test_create_app_takes_a_path_a_dict_or_a_config(
             assert response.status_code == 200, source
             assert (await response.get_json())["data"] == {"user": {"id": 7}}
     assert users.requests == 4
+
+
+def test_the_gateway_behind_an_app_is_found_from_the_app_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gateway worker --app module:app` and the server's shutdown hook get the `Gateway`
+    from its Quart app (Hypercorn may wrap it); any other object is refused or ignored."""
+    config = make_config({"up": "http://127.0.0.1:1"}, endpoint("/e", call("c", "up", "/x")))
+    path = to_toml(config, tmp_path / "gw.toml")
+    (tmp_path / "probe_app.py").write_text(
+        f"from gateway import Gateway\ngw = Gateway({str(path)!r})\napp = gw.app\n"
+        "other = object()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        gw = load_gateway(str(path), "probe_app:app")
+        assert isinstance(gw, Gateway)
+        assert load_gateway(str(path), "probe_app:gw") is gw
+        assert load_gateway(str(path), "probe_app") is gw  # the attribute defaults to gw
+        with pytest.raises(TypeError, match=r"is not a gateway\.Gateway"):
+            load_gateway(str(path), "probe_app:other")
+    finally:
+        sys.modules.pop("probe_app", None)
+    assert gateway_of(gw.app) is gw
+
+    class Wrapped:  # what Hypercorn's wrappers look like: the app on `.app`
+        app = gw.app
+
+    assert gateway_of(Wrapped()) is gw
+    assert gateway_of(Quart("plain")) is None
 
 
 async def _wait_ready(url: str, process: asyncio.subprocess.Process) -> None:

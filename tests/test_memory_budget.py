@@ -359,7 +359,7 @@ async def test_a_reload_changes_the_limit_of_the_one_budget(
     budget = runtime_of(gateway).budget
     assert (await client.get("/big")).status_code == 200
     config(100_000)
-    reloader = gateway.app.extensions["gateway.reloader"]
+    reloader = gateway.reloader
     assert isinstance(reloader, Reloader)
     assert await reloader.reload() is True
     assert runtime_of(gateway).budget is budget  # bytes held across the reload stay counted

@@ -35,7 +35,7 @@ BROKEN = make_config({"up": "http://127.0.0.1:1"}, endpoint("/r", call("c", "now
 
 
 def reloader_of(gw: Gateway) -> Reloader:
-    found = gw.app.extensions["gateway.reloader"]
+    found = gw.reloader
     assert isinstance(found, Reloader)
     return found
 

@@ -1,6 +1,6 @@
 """Background jobs (SPEC section 6): `Prefer: respond-async`, `/jobs/{id}`, limits, stores.
 
-    api.py          the routes, the `Prefer` hook, the store's lifetime (`register`)
+    api.py          the routes, the `Prefer` hook, the store the runtime opens (`new_store`)
     runner.py       a job's request captured when accepted, replayed where it runs
     model.py        JobRequest, Outcome, JobView: what a job is (pure)
     store.py        the JobStore interface, `open_store` (its errors are in gateway/errors.py)

@@ -4,15 +4,17 @@ A job submitted with a token or an API key belongs to that caller (`JobRequest.o
 polling or cancelling it needs the same caller, and anyone else gets the 404 of an
 unknown id, so a job's existence does not leak.
 
-`register(gw)` adds the routes and opens the store while the app serves; the
-store lives on `gw.runtime.jobs`. Job responses carry `Cache-Control:
-no-store`: a result may hold private data, and its id is the only key to it.
+`register(gw)` adds the routes; the store (`new_store`) is opened by the runtime
+when the app starts, after the upstream clients, and closed before them, so
+running jobs can finish during the grace period; it lives on `gw.runtime.jobs`.
+Job responses carry `Cache-Control: no-store`: a result may hold private data,
+and its id is the only key to it.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
@@ -45,24 +47,15 @@ def register(gw: Gateway) -> None:
         # Import redis-py and SAQ now, not on the event loop when the app starts.
         importlib.import_module(".redis_store", __package__)
 
-    @app.while_serving
-    async def serve_jobs() -> AsyncGenerator[None, None]:
-        # After `before_serving` (the runtime exists) and closed before `after_serving`
-        # closes the upstream clients, so jobs can finish during the grace period.
-        runtime = gw.runtime
-        assert runtime is not None
-        store = open_store(gw.config.jobs, timing(gw))
-        await store.start(Runner(gw, gw.config.jobs.max_result_bytes))
-        runtime.jobs = store
-        try:
-            yield
-        finally:
-            await store.close()
-
     async def job(job_id: str) -> Response:
         return await (cancel(gw, job_id) if request.method == "DELETE" else show(gw, job_id))
 
     app.add_url_rule("/jobs/<job_id>", "job", job, methods=["GET", "DELETE"])
+
+
+def new_store(gw: Gateway) -> tuple[JobStore, Runner]:
+    """The store `[jobs]` names, not started, and the runner that replays its jobs here."""
+    return open_store(gw.config.jobs, timing(gw)), Runner(gw, gw.config.jobs.max_result_bytes)
 
 
 def timing(gw: Gateway) -> Timing:

@@ -13,9 +13,8 @@ import signal
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
-from quart import Quart
-
 from ..app import Gateway
+from ..wrappers import GatewayApp
 
 
 def load_gateway(config: str, app: str | None) -> Gateway:
@@ -25,8 +24,8 @@ def load_gateway(config: str, app: str | None) -> Gateway:
         return Gateway(config)
     module_name, _, attr = app.partition(":")
     obj = getattr(importlib.import_module(module_name), attr or "gw")
-    if isinstance(obj, Quart):
-        obj = obj.extensions.get("gateway")
+    if isinstance(obj, GatewayApp):
+        obj = obj.gateway
     if not isinstance(obj, Gateway):
         raise TypeError(f"{app} is not a gateway.Gateway (or the app of one)")
     return obj
@@ -52,7 +51,7 @@ async def _work(gw: Gateway) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await gw.app.startup()  # before_serving, while_serving: runtime, store, SAQ worker
+    await gw.app.startup()  # before_serving: the runtime, its job store and SAQ worker
     jobs = gw.config.jobs
     print(f"gateway worker: running up to {jobs.max_running} jobs at once (deployment-wide) "
           f"from {redacted(jobs.store)}; SIGTERM stops it", flush=True)
