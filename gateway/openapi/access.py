@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .config import Config
-from .config.auth import AuthSettings, EndpointAccess
-from .plan import Plan
-from .routing import Target
+from ..config import Config
+from ..config.auth import AuthSettings, EndpointAccess
+from ..plan import Plan
+from ..routing import Target
 
 BEARER, API_KEY = "bearerAuth", "apiKeyAuth"
 _DEFAULT = EndpointAccess()  # a code view's: auth.required, no scopes, limits.rate
