@@ -133,7 +133,7 @@ def hypercorn_config(path: str | None, bind: str | None = None,
         from .guard import MAX_HEAD_BYTES
 
         config = HypercornConfig()
-        config.bind = ["127.0.0.1:8000"]
+        config.bind = [DEFAULT_BIND]
         config.h11_max_incomplete_size = MAX_HEAD_BYTES  # as hypercorn.toml: 414/431 enveloped
     if sys.platform != "win32":
         config.worker_class = "uvloop"

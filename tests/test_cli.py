@@ -24,7 +24,8 @@ from support import (
     to_toml,
 )
 
-from gateway.cli import PACKAGED_HYPERCORN, hypercorn_settings, main
+from gateway.cli import PACKAGED_HYPERCORN, hypercorn_config, hypercorn_settings, main
+from gateway.listen import DEFAULT_BIND
 
 ONE_ENDPOINT = """
 [upstreams.u]
@@ -194,6 +195,14 @@ def test_the_packaged_hypercorn_toml_is_the_top_level_one() -> None:
     assert PACKAGED_HYPERCORN.read_text() == top, "copy hypercorn.toml to gateway/hypercorn.toml"
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "hypercorn.toml" in pyproject["tool"]["setuptools"]["package-data"]["gateway"]
+
+
+def test_without_a_settings_file_serve_binds_the_one_default_address(tmp_path: Path) -> None:
+    """The address `gateway serve` falls back to is `listen.DEFAULT_BIND`, the one the help
+    texts and `gateway demo` name, not a copy of it."""
+    assert hypercorn_config(None).bind == [DEFAULT_BIND]
+    assert hypercorn_config(str(tmp_path / "missing.toml")).bind == [DEFAULT_BIND]
+    assert hypercorn_config(None, bind="127.0.0.1:9").bind == ["127.0.0.1:9"]
 
 
 async def test_serve_outside_the_repo_uses_the_packaged_settings_and_says_so(
