@@ -112,13 +112,6 @@ class Gateway:
         runtime.recent.add(target, ctx, result)  # the dashboard's ring: a few scalars per call
         return result
 
-    def context(self, target: Target, params: dict[str, Any], *, method: str, path: str,
-                query: Mapping[str, str], headers: HeaderMap, body: bytes,
-                started: float | None = None) -> RequestContext:
-        """Check and parse what a request brings; raises `RequestError` for bad input."""
-        return self.ingress.context(target, params, method=method, path=path, query=query,
-                                    headers=headers, body=body, started=started)
-
     def going_away(self) -> None:
         """Shutdown has begun (the worker says so, serving.py): `/ws` sockets close with 1001."""
         self.stream.going_away()

@@ -179,9 +179,6 @@ class _Adopt(logging.Filter):
 class _RootHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `install` owns on the root logger: to whatever `sys.stderr` is now."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self) -> Any:
         return sys.stderr
