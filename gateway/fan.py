@@ -138,11 +138,15 @@ class Fan:
         self._notify(record, reply.data)
         return reply.data
 
-    def settle(self) -> None:
-        """Once the view has answered: a call it described but never ran was skipped."""
+    def settle(self, failure: str | None = None) -> None:
+        """Once the view is done, a call it described but never ran: skipped if the view
+        answered, else `not run` with the `failure` that ended it (as a plan says it)."""
         for record in self.records.values():
             if not (record.finished or record.start_ms or record.error is not None):
-                record.skip()
+                if failure is None:
+                    record.skip()
+                else:
+                    record.error = f"not run: {failure}"
                 self._notify(record, None)
 
     def _notify(self, record: CallRecord, data: Any) -> None:

@@ -72,21 +72,27 @@ async def _plan(plan: Plan, ctx: RequestContext, upstreams: Mapping[str, Upstrea
 async def _view(view: CodeView, ctx: RequestContext, upstreams: Mapping[str, Upstream],
                 deadline: float, on_call: OnCall | None) -> Result:
     fan = Fan(ctx, upstreams, on_call, route=f"{ctx.method} {view.route}")
+
+    def failed(status: int, error: str, reason: str,
+               extra: Mapping[str, str] | None = None) -> Result:
+        fan.settle(reason)
+        return _answer(ctx, status, None, list(fan.records.values()), error, extra)
+
     try:
         async with within(ctx, deadline):
             data = await view(fan, dict(ctx.params))
     except CallError as error:
         status, extra = failure_status(error)
-        return _answer(ctx, status, None, list(fan.records.values()), str(error), extra)
+        return failed(status, str(error), "a required call failed", extra)
     except TimeoutError:
-        return _answer(ctx, 504, None, list(fan.records.values()),
-                       f"deadline of {deadline:g}s passed")
+        reason = f"deadline of {deadline:g}s passed"
+        return failed(504, reason, reason)
     except RequestError as error:
-        return _answer(ctx, error.status, None, list(fan.records.values()), str(error))
+        return failed(error.status, str(error), "the view refused the request")
     except Exception:
         log.exception("view %s failed (request id %s)", view.func.__name__, ctx.request_id)
-        return _answer(ctx, 500, None, list(fan.records.values()),
-                       f"the endpoint failed (request id {ctx.request_id})")
+        return failed(500, f"the endpoint failed (request id {ctx.request_id})",
+                      "the view failed")
     fan.settle()
     records = list(fan.records.values())
     return _answer(ctx, 200, data, records, complete=all(r.ok for r in records))

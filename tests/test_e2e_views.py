@@ -144,6 +144,48 @@ async def test_view_required_failure_sets_the_status(
     assert sibling.cancelled == 1
 
 
+async def test_a_failed_views_unawaited_calls_say_why_they_did_not_run(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    """A call a view described but never awaited is `not run: <why>` in meta when the view
+    failed (as in a plan's meta), and skipped only when the view answered."""
+    users = await upstream(reply({"error": "x"}, status=500))
+    never = await upstream(reply({"n": 1}))
+    gw = _gateway({"users": users, "never": never})
+
+    @gw.aggregate("/failed")
+    async def failed(fan: Fan) -> Any:
+        later = fan.get("never", "/", name="later")
+        await fan.get("users", "/users/1")
+        return await later
+
+    @gw.aggregate("/raised")
+    async def raised(fan: Fan) -> Any:
+        fan.get("never", "/", name="later")
+        raise RuntimeError("bug")
+
+    @gw.aggregate("/answered")
+    async def answered(fan: Fan) -> Any:
+        fan.get("never", "/", name="later")
+        return {"fine": True}
+
+    client = await gateway_client(gw)
+    response = await client.get("/failed")
+    assert response.status_code == 502
+    calls = (await response.get_json())["meta"]["calls"]
+    assert calls["later"]["ok"] is False
+    assert calls["later"]["error"] == "not run: a required call failed"
+    response = await client.get("/raised")
+    assert response.status_code == 500
+    later = (await response.get_json())["meta"]["calls"]["later"]
+    assert (later["ok"], later["error"]) == (False, "not run: the view failed")
+    response = await client.get("/answered")
+    assert response.status_code == 200
+    assert (await response.get_json())["meta"]["calls"]["later"] == {"skipped": True,
+                                                                      "ok": True}
+    assert never.requests == 0
+
+
 async def test_view_call_timeout_is_504(
     upstream: UpstreamFactory, gateway_client: GatewayClientFactory
 ) -> None:
