@@ -9,8 +9,9 @@ status mapping:
   `Retry-After` for an open breaker), its message as the error line;
 - the deadline: 504;
 - a `RequestError` a view raises: its own status (a bad path segment: 400);
-- anything else a view or a `combine` hook raises: 500, logged with the
-  request id, which the error line names (no traceback reaches the client).
+- anything else a view or a `combine` hook raises, or that escapes a plan's
+  calls (the engine catches it): 500, logged with the request id, which the
+  error line names (no traceback reaches the client), and `meta` kept.
 """
 
 from __future__ import annotations

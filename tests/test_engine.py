@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from support import RecordingServer, UpstreamFactory, call, endpoint, make_config, reply
 
+from gateway import runner
 from gateway.config import parse_config
 from gateway.context import RequestContext
 from gateway.engine import execute
+from gateway.envelope import CallRecord
 from gateway.plan import Plan, compile_plans
 from gateway.upstream import Upstream
 
@@ -59,6 +63,33 @@ async def test_sequential_runs_calls_in_config_order(
     fast_rec, slow_rec = outcome.records["fast"], outcome.records["slow"]
     assert slow_rec.start_ms >= fast_rec.start_ms + fast_rec.elapsed_ms
     assert outcome.results == {"fast": {"f": 1}, "slow": {"s": 1}}
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+async def test_a_bug_under_a_plan_is_a_500_that_keeps_its_meta(
+    slow_and_fast: Setup, strategy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Something below the plan raising what no layer maps (here the call observer the
+    dashboard and /ws pass in) is answered like a failing view: 500, one line naming the
+    request id, and meta with every call; the traceback only in the log."""
+    plan, ups = slow_and_fast
+
+    def observer(record: CallRecord, data: Any) -> None:
+        if record.name == "fast":
+            raise KeyError("secret-internal-key")
+
+    settings = parse_config(make_config({}), env={}).gateway
+    with caplog.at_level(logging.ERROR):
+        result = await runner.run(plan, _ctx(strategy), ups, settings, observer)
+    assert result.status == 500
+    assert result.body["error"] == "internal error (request id rid)"
+    assert "secret-internal-key" not in str(result.body)
+    calls = result.body["meta"]["calls"]
+    assert calls["fast"]["ok"] is True
+    assert calls["slow"]["ok"] is False
+    assert calls["slow"]["error"] in ("canceled: internal error", "not run: internal error")
+    assert result.body["meta"]["strategy"] == strategy
+    assert any("rid" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 def test_remaining_is_never_negative() -> None:
