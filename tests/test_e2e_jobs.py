@@ -28,6 +28,7 @@ from gateway._httpserver import Request, Response, json_response
 from gateway.config import JobsSettings
 from gateway.jobs import JobRequest, Timing, open_store
 from gateway.jobs.model import LOST, SHUTDOWN
+from gateway.jobs.redis_store import RedisStore  # noqa: F401  # imported here, not on the loop
 
 ASYNC = {"Prefer": "respond-async"}
 HEARTBEAT = 0.3  # so a lost job is reported after 3 x 0.3 s
