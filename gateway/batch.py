@@ -148,7 +148,8 @@ class Batcher:
                 # Duplicates get their own copy: one request's hook must not change another's.
                 data = item if first else orjson.loads(orjson.dumps(item))
                 first = False
-                waiter.set_result(replace(reply, data=data, batch=len(keys)))
+                # `encoded` was the whole list's JSON: not this item's
+                waiter.set_result(replace(reply, data=data, batch=len(keys), encoded=None))
 
     def _index(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, list):

@@ -38,6 +38,8 @@ class Outcome:
 
     results: dict[str, Any]
     records: dict[str, CallRecord]
+    # The JSON of results returned unchanged, when parsing produced it (Reply.encoded).
+    encoded: dict[str, bytes] = field(default_factory=dict)
     status: int = 200
     error: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
@@ -77,8 +79,8 @@ async def execute(
 
 
 class _Run:
-    __slots__ = ("ctx", "failed", "headers", "inputs", "on_call", "plan", "records", "replies",
-                 "results", "tasks", "upstreams")
+    __slots__ = ("ctx", "encoded", "failed", "headers", "inputs", "on_call", "plan", "records",
+                 "replies", "results", "tasks", "upstreams")
 
     def __init__(self, plan: Plan, ctx: RequestContext, upstreams: Mapping[str, Upstream],
                  on_call: OnCall | None) -> None:
@@ -89,6 +91,7 @@ class _Run:
         self.results: dict[str, Any] = {}  # shaped (select/rename...): what `data` holds
         # Dependents read the raw replies, so shaping a call's output never breaks a chain.
         self.replies: dict[str, Any] = {}
+        self.encoded: dict[str, bytes] = {}
         self.records = {c.name: CallRecord(c.name, c.upstream) for c in plan.calls}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.failed: tuple[str, CallError] | None = None
@@ -133,6 +136,8 @@ class _Run:
         else:
             raw = reply.data
             result = call.shape(raw)
+            if reply.encoded is not None and result is raw:
+                self.encoded[call.name] = reply.encoded
         self.replies[call.name] = raw
         self.results[call.name] = result
         self._notify(record, result)
@@ -160,7 +165,7 @@ class _Run:
 
     def outcome(self, deadline_passed: bool, deadline: float, *,
                 crashed: bool = False) -> Outcome:
-        out = Outcome(self.results, self.records)
+        out = Outcome(self.results, self.records, self.encoded)
         unfinished = [c for c in self.plan.calls if not self.records[c.name].finished]
         if crashed:
             out.status = 500

@@ -58,18 +58,28 @@ def too_deep(value: Any, limit: int, raw: bytes | None = None) -> bool:
     lists the value encodes only if it is at most `limit` deep. That is the whole
     check, at C speed (about half the cost of parsing), with no Python recursion.
     """
+    return _checked(value, limit, raw) is _DEEP
+
+
+_DEEP = b"deep"  # a sentinel: _checked found the value too deep
+
+
+def _checked(value: Any, limit: int, raw: bytes | None) -> bytes | None:
+    """`_DEEP` if `value` nests more than `limit` levels; else its JSON if the check had to
+    encode it (the same bytes `envelope.dumps` would write), else None."""
     if not isinstance(value, (dict, list)):
-        return False
+        return None
     if raw is not None and raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
+        return None
+    wrappers = _ORJSON_MAX_DEPTH - limit
     wrapped = value
-    for _ in range(_ORJSON_MAX_DEPTH - limit):
+    for _ in range(wrappers):
         wrapped = [wrapped]
     try:
-        orjson.dumps(wrapped, default=str, option=orjson.OPT_NON_STR_KEYS)
+        encoded = orjson.dumps(wrapped, default=str, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:  # parsed JSON fails only this way; be sure
-        return "recursion" in str(exc).lower()
-    return False
+        return _DEEP if "recursion" in str(exc).lower() else None
+    return encoded[wrappers:-wrappers]
 
 
 class _TooDeep(ValueError):
@@ -78,10 +88,19 @@ class _TooDeep(ValueError):
 
 def loads_reply(raw: bytes) -> Any:
     """An upstream reply parsed; `_TooDeep` past `MAX_REPLY_DEPTH` (a 502 for the call)."""
+    return loads_reply_encoded(raw)[0]
+
+
+def loads_reply_encoded(raw: bytes) -> tuple[Any, bytes | None]:
+    """An upstream reply parsed, and its JSON as `envelope.dumps` writes it when the depth
+    check had to encode it anyway (big replies: the envelope then embeds these bytes
+    instead of encoding the value a second time); `_TooDeep` past `MAX_REPLY_DEPTH` (a 502
+    for the call)."""
     value = orjson.loads(raw)
-    if too_deep(value, MAX_REPLY_DEPTH, raw):
+    encoded = _checked(value, MAX_REPLY_DEPTH, raw)
+    if encoded is _DEEP:
         raise _TooDeep(f"nested deeper than {MAX_REPLY_DEPTH} levels")
-    return value
+    return value, encoded
 
 
 def bounded_body(value: Any, raw: bytes | None = None) -> Any:

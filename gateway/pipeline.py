@@ -27,7 +27,11 @@ Headers = list[tuple[str, str]]
 
 @dataclass(slots=True)
 class Reply:
-    """A successful call: parsed JSON plus what the call cost."""
+    """A successful call: parsed JSON plus what the call cost.
+
+    `encoded`: `data` as JSON, when parsing produced it anyway (big replies, reader.py);
+    the envelope embeds it for a call whose reply it returns unchanged.
+    """
 
     status: int
     data: Any
@@ -35,6 +39,7 @@ class Reply:
     cached: bool = False
     queued_ms: float | None = None
     batch: int | None = None
+    encoded: bytes | None = None
 
 
 @dataclass(slots=True)

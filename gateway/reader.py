@@ -15,6 +15,7 @@ whole document). The caller empties the holder when the call fails.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -30,12 +31,47 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .guard import _TooDeep, loads_reply
+from .guard import _TooDeep, loads_reply_encoded
 
 # Bodies above this are parsed off the event loop so one big reply cannot stall every request.
 THREAD_PARSE_BYTES = 256 * 1024
 # Compressed replies decompressed at once, process-wide (the others wait, holding no budget).
 INFLATING = 2
+
+# A parsed reply: its value, and its JSON as the envelope writes it when the depth check
+# encoded it anyway (guard.loads_reply_encoded), else None.
+Parsed = tuple[Any, bytes | None]
+
+
+class GcPause:
+    """The cyclic garbage collector held off while orjson builds a parsed reply.
+
+    A parsed JSON document holds no reference cycle, yet building one allocates tens of
+    thousands of containers, each pass of the collector it triggers walks the server's
+    whole heap, and most of a big reply's cost was that (BENCHMARKS.md, payload curve:
+    ~37 ms per MB with the collector running, ~14 without). Nesting counts, so that
+    replies parsed at once in threads resume it only when the last one is done; without
+    a lock (Python's own bytecode atomicity): a race can only resume it early, never
+    leave it off, as every pause ends by resuming it when the count reaches 0.
+    """
+
+    __slots__ = ("_depth", "_paused")
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._paused = False
+
+    def __enter__(self) -> None:
+        if self._depth == 0 and gc.isenabled():  # a collector someone else turned off stays off
+            gc.disable()
+            self._paused = True
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._paused:
+            self._paused = False
+            gc.enable()
 
 
 class BodyReader:
@@ -48,14 +84,16 @@ class BodyReader:
     the budget together.
     """
 
-    __slots__ = ("inflating", "max_bytes", "name", "timeout")
+    __slots__ = ("gc_pause", "inflating", "max_bytes", "name", "timeout")
 
     def __init__(self, name: str, max_bytes: int, timeout: float,
-                 inflating: asyncio.Semaphore | None = None) -> None:
+                 inflating: asyncio.Semaphore | None = None,
+                 gc_pause: GcPause | None = None) -> None:
         self.name = name
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.inflating = inflating or asyncio.Semaphore(INFLATING)
+        self.gc_pause = gc_pause or GcPause()
 
     async def read(self, status: int, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
                    lease: Lease) -> CappedBody | CallError:
@@ -95,23 +133,24 @@ class BodyReader:
             if not received:  # failed or cancelled: drop what was read at once
                 body.discard()
 
-    async def parse_held(self, body: CappedBody, status: int) -> Any:
+    async def parse_held(self, body: CappedBody, status: int) -> Parsed:
         """Parse a body still in its holder (bigger ones off the event loop)."""
         if len(body.value) > THREAD_PARSE_BYTES:
             # The worker reads the holder, so a call cancelled meanwhile leaves no copy here.
-            result = await asyncio.get_running_loop().run_in_executor(None, _parse_body, body)
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, _parse_body, body, self.gc_pause)
         else:
-            result = _parse_body(body)
+            result = _parse_body(body, self.gc_pause)
         if isinstance(result, _NotJson):
             raise self._not_json(result, status)
         return result
 
-    async def parse(self, raw: bytes, status: int) -> Any:
+    async def parse(self, raw: bytes, status: int) -> Parsed:
         """Parse bytes the cache holds anyway (a hit, or a reply shared by a flight)."""
         if len(raw) > THREAD_PARSE_BYTES:
-            result = await asyncio.to_thread(_parse_json, raw)
+            result = await asyncio.to_thread(_parse_json, raw, self.gc_pause)
         else:
-            result = _parse_json(raw)
+            result = _parse_json(raw, self.gc_pause)
         if isinstance(result, _NotJson):
             raise self._not_json(result, status)
         return result
@@ -138,19 +177,20 @@ class _NotJson:
         self.problem = problem
 
 
-def _parse_json(raw: bytes) -> Any:
+def _parse_json(raw: bytes, gc_pause: GcPause) -> Parsed | _NotJson:
     if not raw or raw.isspace():  # without `strip()`, which would copy the whole body
-        return None
+        return None, None
     try:
-        return loads_reply(raw)
+        with gc_pause:
+            return loads_reply_encoded(raw)
     except orjson.JSONDecodeError:  # its `doc` is a copy of the whole body: dropped here
         return _NotJson("a body that is not JSON")
     except _TooDeep as exc:  # the envelope could not carry it (guard.py)
         return _NotJson(f"JSON {exc}")
 
 
-def _parse_body(body: CappedBody) -> Any:
-    return _parse_json(body.value)
+def _parse_body(body: CappedBody, gc_pause: GcPause) -> Parsed | _NotJson:
+    return _parse_json(body.value, gc_pause)
 
 
 async def _receive(chunks: AsyncIterator[bytes], body: CappedBody,

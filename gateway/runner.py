@@ -21,6 +21,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from .config import GatewaySettings
 from .context import RequestContext
 from .engine import execute
@@ -52,7 +54,12 @@ async def _plan(plan: Plan, ctx: RequestContext, upstreams: Mapping[str, Upstrea
     if not outcome.ok:
         return _answer(ctx, outcome.status, None, records, outcome.error, outcome.extra_headers)
     data: Any = {c.name: outcome.results.get(c.name) for c in plan.calls}
-    if plan.combine is not None:
+    if plan.combine is None:
+        # A big reply returned unchanged was encoded when it was parsed (its depth check):
+        # the envelope embeds those bytes instead of encoding the value again.
+        for name, encoded in outcome.encoded.items():
+            data[name] = orjson.Fragment(encoded)
+    else:
         # The hook shares the request's deadline: a hanging hook is a 504, not a hang.
         try:
             async with within(ctx, deadline):

@@ -27,7 +27,7 @@ class BodyLayer:
             reply = await next(call)
             received = call.received
             assert received is not None
-            reply.data = await self.reader.parse_held(received, reply.status)
+            reply.data, reply.encoded = await self.reader.parse_held(received, reply.status)
             call.raw = received.take()
         finally:
             if call.received is not None:

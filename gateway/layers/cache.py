@@ -42,7 +42,8 @@ class CacheLayer:
         if entry is not None:
             if self.metrics is not None:
                 self.metrics.cache(True)
-            return Reply(entry.status, await self.reader.parse(entry.raw, entry.status),
+            data, encoded = await self.reader.parse(entry.raw, entry.status)
+            return Reply(entry.status, data, encoded=encoded,
                          attempts=0, cached=True)
         if self.metrics is not None:
             self.metrics.cache(False)
@@ -76,5 +77,6 @@ class SingleFlightLayer:
         if self.metrics is not None:
             self.metrics.shared()
         call.raw = raw
-        return Reply(reply.status, await self.reader.parse(raw, reply.status), attempts=0,
+        data, encoded = await self.reader.parse(raw, reply.status)
+        return Reply(reply.status, data, encoded=encoded, attempts=0,
                      cached=True)

@@ -1,0 +1,102 @@
+"""The payload path for big replies (issue 14 item 3): parsed once, encoded once.
+
+A reply whose depth check had to encode it (more brackets than the depth limit) is
+embedded in the envelope as those bytes (`orjson.Fragment`) when the call returns it
+unchanged; shaping, `combine` hooks, dependents and batch items still see parsed
+values, and the bytes on the wire are what encoding the value would have written.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import orjson
+from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
+
+from gateway.guard import MAX_REPLY_DEPTH, loads_reply_encoded
+from gateway.reader import GcPause
+
+# More objects than MAX_REPLY_DEPTH brackets: the depth check encodes it.
+ITEMS = [{"id": i, "name": f"n{i}", "tags": ["a", "é\u2028"], "score": i / 3} for i in range(300)]
+BIG = {"items": ITEMS, "total": len(ITEMS)}
+
+
+def count_items(results: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """A `combine` hook (imported as test_payload:count_items): needs parsed data."""
+    return {"count": len(results["big"]["items"]), "first": results["big"]["items"][0]}
+
+
+def test_the_depth_check_encodes_what_the_envelope_would_write() -> None:
+    value, encoded = loads_reply_encoded(orjson.dumps(BIG, option=orjson.OPT_INDENT_2))
+    assert value == BIG
+    assert encoded == orjson.dumps(BIG)  # compact, as envelope.dumps writes it
+    small, none = loads_reply_encoded(b'{"a": [1, 2]}')
+    assert (small, none) == ({"a": [1, 2]}, None)  # few brackets: nothing encoded
+    assert MAX_REPLY_DEPTH < 300
+
+
+async def test_a_big_reply_returned_unchanged_is_embedded_and_shaping_still_applies(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    server = await upstream(reply(BIG))
+    client = await gateway_client(make_config(
+        {"u": server},
+        endpoint("/raw", call("big", "u", "/big")),
+        endpoint("/picked", call("big", "u", "/big", select=["total"])),
+        endpoint("/hooked", call("big", "u", "/big"), combine="test_payload:count_items"),
+        endpoint("/chained", call("big", "u", "/big"),
+                 call("next", "u", "/next/{big.total}"))))
+    raw = await client.get("/raw")
+    body = await raw.get_data()
+    assert raw.status_code == 200
+    assert body.startswith(b'{"data":{"big":' + orjson.dumps(BIG) + b'},"meta":')
+    assert orjson.loads(body)["meta"]["calls"]["big"]["ok"] is True
+    picked = orjson.loads(await (await client.get("/picked")).get_data())
+    assert picked["data"] == {"big": {"total": 300}}
+    hooked = orjson.loads(await (await client.get("/hooked")).get_data())
+    assert hooked["data"] == {"count": 300, "first": ITEMS[0]}
+    chained = orjson.loads(await (await client.get("/chained")).get_data())
+    assert chained["data"]["big"] == BIG
+    assert server.last.path == "/next/300"  # the dependent read the parsed reply
+
+
+async def test_batch_items_of_a_big_batch_reply_are_each_their_own_item(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    server = await upstream(reply(ITEMS))  # the batch endpoint answers the whole list
+    batch = {"path": "/people", "param": "ids", "key": "id", "window_ms": 20}
+    client = await gateway_client(make_config(
+        {"people": {"url": server, "batch": batch}},
+        endpoint("/pair", {"name": "a", "upstream": "people", "batch_key": "7"},
+                 {"name": "b", "upstream": "people", "batch_key": "8"})))
+    body = orjson.loads(await (await client.get("/pair")).get_data())
+    assert body["data"] == {"a": ITEMS[7], "b": ITEMS[8]}
+
+
+def test_gc_pause_nests_and_leaves_a_collector_someone_else_turned_off() -> None:
+    pause = GcPause()
+    assert gc.isenabled()
+    with pause:
+        assert not gc.isenabled()
+        with pause:
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer parse is not over
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pause:
+            pass
+        assert not gc.isenabled()  # not ours to turn on
+    finally:
+        gc.enable()
+
+
+def test_gc_pause_resumes_the_collector_when_the_parse_fails() -> None:
+    pause = GcPause()
+    try:
+        with pause:
+            orjson.loads(b"{not json")
+    except orjson.JSONDecodeError:
+        pass
+    assert gc.isenabled()
