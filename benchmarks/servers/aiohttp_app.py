@@ -16,6 +16,11 @@ import uvloop
 from aiohttp import web
 
 UPSTREAM = os.environ.get("UPSTREAM", "http://127.0.0.1:9001")
+# Upstream calls per request (the width curve); 3 = the usual /a, /b, /c fan-out.
+CALLS = int(os.environ.get("CALLS", "3"))
+SOURCES = [
+    ("abc"[i % 3], "abc"[i % 3] if CALLS <= 3 else f"{'abc'[i % 3]}{i}") for i in range(CALLS)
+]  # (path prefix, key in the reply)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
@@ -33,12 +38,8 @@ async def _get(session: aiohttp.ClientSession, path: str) -> object:
 async def fanout(request: web.Request) -> web.Response:
     item_id = request.match_info["item_id"]
     session = request.app[SESSION]
-    a, b, c = await asyncio.gather(
-        _get(session, f"/a/{item_id}"),
-        _get(session, f"/b/{item_id}"),
-        _get(session, f"/c/{item_id}"),
-    )
-    return web.json_response({"a": a, "b": b, "c": c})
+    replies = await asyncio.gather(*(_get(session, f"/{src}/{item_id}") for src, _ in SOURCES))
+    return web.json_response({key: r for (_, key), r in zip(SOURCES, replies, strict=True)})
 
 
 def make_app() -> web.Application:

@@ -17,20 +17,21 @@ import httpx
 from flask import Flask
 
 UPSTREAM = os.environ.get("UPSTREAM", "http://127.0.0.1:9001")
+# Upstream calls per request (the width curve); 3 = the usual /a, /b, /c fan-out.
+CALLS = int(os.environ.get("CALLS", "3"))
+SOURCES = [
+    ("abc"[i % 3], "abc"[i % 3] if CALLS <= 3 else f"{'abc'[i % 3]}{i}") for i in range(CALLS)
+]  # (path prefix, key in the reply)
 
 app = Flask(__name__)
 
 
 async def _fanout(item_id: int) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=UPSTREAM) as client:
-        ra, rb, rc = await asyncio.gather(
-            client.get(f"/a/{item_id}"),
-            client.get(f"/b/{item_id}"),
-            client.get(f"/c/{item_id}"),
-        )
-    for response in (ra, rb, rc):
+        responses = await asyncio.gather(*(client.get(f"/{src}/{item_id}") for src, _ in SOURCES))
+    for response in responses:
         response.raise_for_status()
-    return {"a": ra.json(), "b": rb.json(), "c": rc.json()}
+    return {key: r.json() for (_, key), r in zip(SOURCES, responses, strict=True)}
 
 
 @app.get("/fanout/<int:item_id>")

@@ -19,6 +19,11 @@ from quart import Quart
 
 UPSTREAM = os.environ.get("UPSTREAM", "http://127.0.0.1:9001")
 TRANSPORT = os.environ.get("HTTPX_TRANSPORT", "httpx")
+# Upstream calls per request (the width curve); 3 = the usual /a, /b, /c fan-out.
+CALLS = int(os.environ.get("CALLS", "3"))
+SOURCES = [
+    ("abc"[i % 3], "abc"[i % 3] if CALLS <= 3 else f"{'abc'[i % 3]}{i}") for i in range(CALLS)
+]  # (path prefix, key in the reply)
 
 app = Quart(__name__)
 
@@ -47,12 +52,8 @@ async def _get(client: httpx.AsyncClient, path: str) -> object:
 @app.get("/fanout/<int:item_id>")
 async def fanout(item_id: int) -> dict[str, object]:
     client: httpx.AsyncClient = app.config["CLIENT"]
-    a, b, c = await asyncio.gather(
-        _get(client, f"/a/{item_id}"),
-        _get(client, f"/b/{item_id}"),
-        _get(client, f"/c/{item_id}"),
-    )
-    return {"a": a, "b": b, "c": c}
+    replies = await asyncio.gather(*(_get(client, f"/{src}/{item_id}") for src, _ in SOURCES))
+    return {key: r for (_, key), r in zip(SOURCES, replies, strict=True)}
 
 
 if __name__ == "__main__":
