@@ -39,7 +39,12 @@ test: lint unit
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	@command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq wrk) || { echo "wrk is needed: apt-get install wrk"; exit 1; }
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --throughput --workers --memory --json benchmarks/results/run.json
+	$(BIN)/python benchmarks/width.py --json benchmarks/results/width.json  # 1..30 calls, ~3 min
+	$(BIN)/python benchmarks/chart.py benchmarks/results/width.json  # redraws docs/width.png
+	$(BIN)/python benchmarks/payload.py --json benchmarks/results/payload.json  # 1 KB..5 MB
+	$(BIN)/python benchmarks/batching.py --json benchmarks/results/batching.json
+	$(BIN)/python benchmarks/run.py --latency --json benchmarks/results/latency.json
 	GATEWAY_LOAD_REQUESTS=10000 $(BIN)/pytest -q -s tests/test_load.py  # the 10k storm
 	$(BIN)/python benchmarks/hostile.py  # issue 11's floods: RSS and /healthz under attack
 	$(BIN)/python benchmarks/auth_cost.py  # issue 15: auth + limits on vs off, same run

@@ -65,6 +65,23 @@ def workers(
     return rows
 
 
+def workers_summary(rows: list[dict[str, Any]]) -> str:
+    """2 workers against 1 pinned worker: in req/s, and in req/s per CPU-second of the server
+    (1.00x = the second worker turns the CPU it gets into requests as well as the first)."""
+    done = [r for r in rows if "rps" in r and r.get("server_cpu")]
+    one = next((r for r in done if r["workers"] == 1), None)
+    two = next((r for r in done if r["workers"] == 2), None)
+    if one is None or two is None:
+        return ""
+    per_cpu = (two["rps"] / two["server_cpu"]) / (one["rps"] / one["server_cpu"])
+    return (
+        f"\n2 workers: {two['rps'] / one['rps']:.2f}x one pinned worker (goal >= 1.85x); "
+        f"server CPU {100 * two['server_cpu']:.0f}% vs {100 * one['server_cpu']:.0f}%; "
+        f"req/s per server CPU-second {per_cpu:.2f}x; "
+        f"load core {100 * two['load_core_busy']:.0f}%; load average {os.getloadavg()[0]:.1f}"
+    )
+
+
 def _measure(
     procs: Procs,
     server: Server,
@@ -206,6 +223,7 @@ def main() -> int:
             results["workers"] = rows
             print("\n## Workers (caveat: 2 cores; the unpinned rows share core 1 with the load)\n")
             print(throughput_table(rows, reference=rows[0]["name"] if rows else "gateway"))
+            print(workers_summary(rows))
         if args.memory:
             results["memory"] = memory.run(
                 harness.select_servers(args.only, ["gateway"]),
