@@ -13,6 +13,7 @@ from .budget import MemoryBudget
 from .config import Config, UpstreamConfig
 from .jobs.store import Execute, JobStore
 from .limits.ratelimit import Concurrency, RateLimiter
+from .limits.shared import RedisConcurrency
 from .metrics import Metrics
 from .reader import INFLATING
 from .recent import Recent
@@ -57,8 +58,11 @@ class Runtime:
             self.jwks = JwksCache(auth.jwks_url, self._idp)
         self.authenticator = Authenticator(auth, self.jwks) if auth.enabled else None
         self.limiter = RateLimiter(limits.store, on_store_error=self.metrics.limits_store_error)
-        self.concurrency = (Concurrency(limits.concurrency)
-                            if limits.concurrency is not None else None)
+        self.concurrency: Concurrency | RedisConcurrency | None = None
+        if limits.concurrency is not None:  # shared by every process with a redis store
+            self.concurrency = (Concurrency(limits.concurrency) if limits.store == "memory"
+                                else RedisConcurrency(limits.store, limits.concurrency,
+                                                      self.limiter.store_failed))
 
     def new_upstream(self, config: UpstreamConfig, runtime_config: Config | None = None
                      ) -> Upstream:
@@ -118,6 +122,8 @@ class Runtime:
         if self._idp is not None:
             await self._idp.aclose()
         await self.limiter.close()
+        if isinstance(self.concurrency, RedisConcurrency):
+            await self.concurrency.close()
         retired = dict(self._retired)
         for task in retired.values():
             task.cancel()

@@ -24,6 +24,8 @@ from support import (
 )
 
 from gateway import Gateway
+from gateway.limits import Concurrency
+from gateway.limits.shared import RedisConcurrency
 
 
 def limited(users: Any, **limits: Any) -> dict[str, Any]:
@@ -137,7 +139,7 @@ async def test_concurrency_slot_is_held_while_in_flight_and_released_after(
     assert (await slow).status_code == 200
     assert (await client.get("/x", **peer("10.0.0.1"))).status_code == 200
     concurrency = gw.current_runtime().concurrency
-    assert concurrency is not None
+    assert isinstance(concurrency, Concurrency)
     assert concurrency.tracked == 0
 
 
@@ -147,7 +149,7 @@ async def test_concurrency_slot_is_released_when_the_request_fails(
     gw = Gateway(limited(users, concurrency=1))
     client = await gateway_client(gw)
     concurrency = gw.current_runtime().concurrency
-    assert concurrency is not None
+    assert isinstance(concurrency, Concurrency)
     for _ in range(2):
         failed = await client.get("/x", **peer("10.0.0.1"))
         assert failed.status_code == 502  # the upstream's 500: a failed call, slot released
@@ -223,3 +225,41 @@ async def test_an_endpoints_own_rate_holds_without_any_limits_section(
     assert own == [200, 429]
     assert other == [200, 200, 200]
     assert [r.path for r in users.seen].count("/own") == 1
+
+
+async def test_a_redis_store_shares_concurrency_between_gateways_and_releases_it(
+        upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
+        tmp_path: Path) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(request: Any) -> Any:
+        if request.path == "/slow":
+            started.set()
+            await release.wait()
+        return await reply({"ok": True})(request)
+
+    users = await upstream(handler)
+    async with running_redis(tmp_path) as redis:
+        config = limited(users, concurrency=1, store=redis.url)
+        first_gw = Gateway(config)
+        first, second = await gateway_client(first_gw), await gateway_client(config)
+        slow = asyncio.create_task(first.get("/slow", **peer("10.0.0.1")))
+        await asyncio.wait_for(started.wait(), 5)
+        busy = await second.get("/x", **peer("10.0.0.1"))  # the other process sees the lease
+        assert busy.status_code == 429
+        assert (await busy.get_json())["error"] == (
+            "too many requests in flight for this client (max 1)")
+        assert (await second.get("/x", **peer("10.0.0.2"))).status_code == 200
+        release.set()
+        assert (await slow).status_code == 200
+        assert (await second.get("/x", **peer("10.0.0.1"))).status_code == 200
+        concurrency = first_gw.current_runtime().concurrency
+        assert isinstance(concurrency, RedisConcurrency)
+        await concurrency.settle()  # the releases run in the limiter's own tasks
+        assert await concurrency.in_flight("ip:10.0.0.1") == 0  # every lease given back
+        await redis.stop()
+        opened = await second.get("/x", **peer("10.0.0.1"))
+        assert opened.status_code == 200  # Redis down: fail open
+        text = await (await second.get("/metrics")).get_data(as_text=True)
+        assert "gateway_limits_store_errors_total 1.0" in text

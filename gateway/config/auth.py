@@ -9,6 +9,7 @@ endpoint's `auth = true` are config errors.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -187,6 +188,9 @@ def parse_limits(fail: Fail, raw: Any) -> LimitsSettings:
             r"rediss?://[^/\s]+", store) or store.startswith("unix://")):
         fail(f"{p}.store", "must be \"memory\" or a redis:// URL")
         store = "memory"
+    elif store != "memory" and importlib.util.find_spec("redis") is None:
+        fail(f"{p}.store", "a redis store needs the redis extra: "
+                           "pip install 'quart-aggregation-gateway[redis]'")
     key = raw.get("key", "ip")
     if not isinstance(key, str) or not (key in LIMIT_KEYS or _HEADER_KEY.fullmatch(key)):
         fail(f"{p}.key", "must be \"ip\", \"jwt.sub\", \"api_key\" or \"header.NAME\"")

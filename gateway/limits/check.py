@@ -12,7 +12,8 @@ Over the rate (the endpoint's own `rate`, else `limits.rate`) or the concurrency
 with `Retry-After`, `RateLimit-Policy` and `RateLimit`; otherwise the `RateLimit` fields
 go to `door.response_headers` for a 2xx answer. A concurrency slot is held until the
 entry point closes the door: when the HTTP answer or the run is made, when a `/ws`
-message's result is sent. A socket's messages count as its handshake's client.
+message's result is sent. A socket's messages count as its handshake's client. The slot
+is in this process with the memory store, a lease in Redis (`shared.py`) with a redis one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..config.auth import LimitsSettings
 from ..context import CLIENT, IDENTITY
 from ..door import HANDSHAKE, HTTP, JOB, RUN, SOCKET, Door, Refusal
 from .headers import Window, headers
+from .ratelimit import Concurrency
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -90,12 +92,22 @@ class LimitCheck:
                                    headers(windows, refused=True))
         concurrency = runtime.concurrency
         if concurrency is not None and door.kind in _HELD:
-            if not concurrency.acquire(counted):
+            if isinstance(concurrency, Concurrency):
+                held: str | bool = concurrency.acquire(counted)
+                if held:
+                    door.on_close(lambda: concurrency.release(counted))
+            else:  # a lease in Redis, for as long as the request may run
+                deadline = (getattr(door.target, "deadline", None)
+                            or runtime.config.gateway.deadline)
+                held = await concurrency.acquire(counted, deadline)
+                if isinstance(held, str):
+                    lease = held
+                    door.on_close(lambda: concurrency.release(counted, lease))
+            if held is False:
                 runtime.metrics.rate_limited(route)
                 return Refusal(429, f"too many requests in flight for this client "
                                     f"(max {concurrency.limit})",
                                headers([*windows, concurrency.window(counted)], refused=True))
-            door.on_close(lambda: concurrency.release(counted))
         if windows:
             door.response_headers.update(headers(windows, refused=False))
         return None

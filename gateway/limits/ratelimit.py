@@ -106,7 +106,7 @@ class RateLimiter:
             allowed = await self._limiter.hit(item, client)
             stats = await self._limiter.get_window_stats(item, client)
         except (StorageError, OSError, ConnectionError) as exc:
-            self._store_failed(exc)
+            self.store_failed(exc)
             return None
         return Window(policy, item.amount, item.get_expiry(),
                       stats.remaining if allowed else -1,
@@ -122,7 +122,8 @@ class RateLimiter:
             (_, old_client), old_item = self._clients.popitem(last=False)
             await self._limiter.clear(old_item, old_client)
 
-    def _store_failed(self, exc: BaseException) -> None:
+    def store_failed(self, exc: BaseException) -> None:
+        """Count a store failure; log it, at most once per `STORE_ERROR_LOG_INTERVAL`."""
         if self._on_store_error is not None:
             self._on_store_error()
         now = time.monotonic()
