@@ -24,7 +24,6 @@ from .config import Config, load_config
 from .errors import ConfigError
 from .plan import Plan, compile_plans
 from .routing import Router
-from .runtime import required_upstreams
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -76,7 +75,7 @@ class Reloader:
                 for upstream in fresh:
                     await upstream.close()
                 return False
-            _switch(runtime, config, upstreams)
+            runtime.switch(config, upstreams)
             runtime.metrics.reloads.labels("ok").inc()
         gw.swap_config(config, router)
         if kept:
@@ -188,16 +187,3 @@ async def _prepare(runtime: Runtime, config: Config) -> tuple[dict[str, Upstream
         new[name] = upstream
         fresh.append(upstream)
     return new, fresh
-
-
-def _switch(runtime: Runtime, config: Config, new: dict[str, Upstream]) -> None:
-    """Swap at one instant (no await), then retire the upstreams no longer used."""
-    old = runtime.upstreams
-    runtime.upstreams = new
-    runtime.config = config
-    runtime.budget.limit = config.gateway.max_buffered_bytes
-    runtime.required = required_upstreams(config)
-    grace = config.gateway.deadline + 1.0  # nothing in flight outlives its request
-    for name, upstream in old.items():
-        if new.get(name) is not upstream:
-            runtime.retire(upstream, max(grace, upstream.timeout + 1.0))

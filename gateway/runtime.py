@@ -91,7 +91,20 @@ class Runtime:
         self._trim = None
         allocator.trim()
 
-    def retire(self, upstream: Upstream, grace: float) -> None:
+    def switch(self, config: Config, upstreams: dict[str, Upstream]) -> None:
+        """A reload: serve `config` with `upstreams` (started) from this instant (no
+        await); the upstreams no longer used are closed once their calls are done."""
+        old = self.upstreams
+        self.upstreams = upstreams
+        self.config = config
+        self.budget.limit = config.gateway.max_buffered_bytes
+        self.required = required_upstreams(config)
+        grace = config.gateway.deadline + 1.0  # nothing in flight outlives its request
+        for name, upstream in old.items():
+            if upstreams.get(name) is not upstream:
+                self._retire(upstream, max(grace, upstream.timeout + 1.0))
+
+    def _retire(self, upstream: Upstream, grace: float) -> None:
         """Close an upstream a reload replaced, once its calls in flight are done."""
         task = asyncio.get_running_loop().create_task(upstream.close_when_idle(grace))
         self._retired[upstream] = task
