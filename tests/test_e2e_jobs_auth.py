@@ -23,7 +23,8 @@ def as_user(sub: str, **extra: Any) -> dict[str, str]:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+async def store(  # listed first by tests: Redis outlives the gateway using it
+        request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "memory":
         yield "memory"
         return
@@ -52,7 +53,7 @@ async def finished(client: Client, url: str, headers: dict[str, str]) -> Any:
 
 
 async def test_a_job_runs_as_the_identity_it_was_submitted_with(
-        upstream: UpstreamFactory, gateway_client: GatewayClientFactory, store: str) -> None:
+        store: str, upstream: UpstreamFactory, gateway_client: GatewayClientFactory) -> None:
     users = await upstream()
     client = await gateway_client(jobs_auth_config(users, store))
     accepted = await client.get("/me/orders", headers=as_user("alice"))
@@ -66,7 +67,7 @@ async def test_a_job_runs_as_the_identity_it_was_submitted_with(
 
 
 async def test_only_the_submitter_may_poll_or_cancel_a_job(
-        upstream: UpstreamFactory, gateway_client: GatewayClientFactory, store: str) -> None:
+        store: str, upstream: UpstreamFactory, gateway_client: GatewayClientFactory) -> None:
     users = await upstream(reply({"ok": True}, delay=0.5))
     client = await gateway_client(jobs_auth_config(users, store))
     accepted = await client.get("/me/orders", headers=as_user("alice"))
