@@ -31,6 +31,7 @@ REQUEST_SOURCES = ("query", "header", "body", "jwt")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 _FORBIDDEN = ("\r", "\n", "\0")
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")  # what `quote(text, safe="")` never changes
 _DOT_SEGMENTS = (".", "..")
 
 
@@ -237,7 +238,7 @@ def scalar_text(value: Any, ref: Ref, call: str) -> str:
         text = str(value)
     else:
         raise _bad(ref, call, "is not a single value")
-    if any(ch in text for ch in _FORBIDDEN):
+    if "\r" in text or "\n" in text or "\0" in text:  # _FORBIDDEN, without a generator
         raise _bad(ref, call, "contains CR, LF or NUL")
     return text
 
@@ -276,10 +277,16 @@ class UrlTemplate:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            text = scalar_text(lookup(part, inputs, call), part, call)
+            value = lookup(part, inputs, call)
+            if type(value) is int:  # the common `<int:id>`: digits, nothing to check or encode
+                out.append(str(value))
+                continue
+            text = scalar_text(value, part, call)
             if self.in_path and (problem := path_value_problem(text)) is not None:
                 raise _bad(part, call, problem)
-            out.append(quote(text, safe="") if encode else text)
+            if encode and _UNRESERVED.fullmatch(text) is None:  # else quote() leaves it as is
+                text = quote(text, safe="")
+            out.append(text)
         return "".join(out)
 
 
