@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING, Any, cast
 
+from . import collector
+
 if TYPE_CHECKING:  # imported in the worker, not in `gateway serve`'s master
     from .app import Gateway
 
@@ -83,6 +85,7 @@ def run_worker(config: Any, sockets: Any = None, shutdown_event: Event | None = 
     if config.logger_class is HypercornLogger and config.statsd_host is None:
         config.logger_class = AccessLogger  # the access log's json lines name the route
     loaded = load_application(config.application_path, config.wsgi_max_body_size)
+    collector.tune()  # after the app is loaded: what it holds is never traversed again
     drain = Drain()
     inner: ASGIApp = loaded.app  # type: ignore[attr-defined]  # an ASGIWrapper's app
     app = ASGIWrapper(cast(Any, CloseWhenDraining(inner, drain)))
