@@ -26,13 +26,15 @@ sys.path.insert(0 if not os.environ.get("PYTHONPATH") else len(sys.path),
                 os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 UPSTREAM_CODE = """
-import asyncio, sys, uvloop
-from gateway._httpserver import HTTPServer, json_response
+import asyncio, sys, orjson, uvloop
+from aiohttp import web
 async def handler(req):
-    return json_response({"id": 7, "name": "Ada", "path": req.path})
+    body = orjson.dumps({"id": 7, "name": "Ada", "path": req.raw_path})
+    return web.Response(body=body, content_type="application/json")
 async def main():
-    s = HTTPServer(handler, port=int(sys.argv[1]))
-    await s.start()
+    runner = web.ServerRunner(web.Server(handler, access_log=None))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1])).start()
     print("ready", flush=True)
     await asyncio.Event().wait()
 uvloop.run(main())

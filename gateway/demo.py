@@ -12,7 +12,8 @@ same request always gives the same answer (tests and benchmarks depend on it).
     recommendations ~150 ms   GET /recommendations/{id}                       port 9004
 
 `gateway demo` puts them on those fixed ports when they are free (so that
-`examples/gateway.toml` reaches them), else on random ones; tests use random ones.
+`examples/gateway.toml` reaches them), else on random ones; tests use random ones. Each is
+aiohttp.web's low-level server (no router: the routes below split the path themselves).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway._httpserver import HTTPServer, Request, Response, json_response
+import orjson
+from aiohttp import web
+
 from gateway.listen import BindError, bind_sockets, close_sockets, os_reason, serve_on
 
 if TYPE_CHECKING:
@@ -41,7 +44,7 @@ _PLANS = ("free", "pro-monthly", "enterprise-annual")
 _CURRENCIES = ("EUR", "USD", "GBP")
 _PRODUCTS = ("keyboard", "monitor", "mouse", "headset", "webcam", "dock", "cable", "lamp")
 
-Route = Callable[[Request], Response]
+Route = Callable[[str, Mapping[str, str]], web.Response]  # (raw path, query) -> reply
 
 
 class _BadId(Exception):
@@ -55,7 +58,13 @@ def _int(value: str, what: str) -> int:
         raise _BadId(f"{what} must be an integer, got {value!r}") from None
 
 
-def _not_found(what: str) -> Response:
+def json_response(obj: object, status: int = 200,
+                  headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _not_found(what: str) -> web.Response:
     return json_response({"error": f"no such {what}"}, 404)
 
 
@@ -71,12 +80,12 @@ def _user(user_id: int) -> dict[str, Any]:
     }
 
 
-def _users_route(request: Request) -> Response:
-    parts = request.path.strip("/").split("/")
+def _users_route(path: str, query: Mapping[str, str]) -> web.Response:
+    parts = path.strip("/").split("/")
     if parts == ["users"]:
-        if "ids" not in request.query:
+        if "ids" not in query:
             return json_response({"error": "missing query parameter 'ids'"}, 400)
-        ids = [_int(raw, "id") for raw in request.query["ids"].split(",") if raw]
+        ids = [_int(raw, "id") for raw in query["ids"].split(",") if raw]
         # Unknown ids are left out: the caller matches items by their "id" field.
         return json_response([_user(i) for i in dict.fromkeys(ids) if 0 < i <= MAX_USER_ID])
     if len(parts) == 2 and parts[0] == "users":
@@ -87,12 +96,12 @@ def _users_route(request: Request) -> Response:
     return _not_found("route")
 
 
-def _orders_route(request: Request) -> Response:
-    if request.path.rstrip("/") != "/orders":
+def _orders_route(path: str, query: Mapping[str, str]) -> web.Response:
+    if path.rstrip("/") != "/orders":
         return _not_found("route")
-    if "user" not in request.query:
+    if "user" not in query:
         return json_response({"error": "missing query parameter 'user'"}, 400)
-    user_id = _int(request.query["user"], "user")
+    user_id = _int(query["user"], "user")
     rng = random.Random(user_id)  # seeded: the same user always has the same orders
     orders: list[dict[str, Any]] = []
     for n in range(rng.randint(0, 4)):
@@ -108,8 +117,8 @@ def _orders_route(request: Request) -> Response:
     return json_response(orders)
 
 
-def _recommendations_route(request: Request) -> Response:
-    parts = request.path.strip("/").split("/")
+def _recommendations_route(path: str, query: Mapping[str, str]) -> web.Response:
+    parts = path.strip("/").split("/")
     if len(parts) != 2 or parts[0] != "recommendations":
         return _not_found("route")
     user_id = _int(parts[1], "user id")
@@ -119,8 +128,8 @@ def _recommendations_route(request: Request) -> Response:
     return json_response({"user": user_id, "items": items})
 
 
-def _billing_route(request: Request) -> Response:
-    parts = request.path.strip("/").split("/")
+def _billing_route(path: str, query: Mapping[str, str]) -> web.Response:
+    parts = path.strip("/").split("/")
     if len(parts) != 2 or parts[0] != "accounts":
         return _not_found("route")
     account_id = _int(parts[1], "account id")
@@ -137,17 +146,46 @@ def _billing_route(request: Request) -> Response:
     )
 
 
-def _service(route: Route, delay: float) -> Callable[[Request], Awaitable[Response]]:
-    async def handle(request: Request) -> Response:
-        await asyncio.sleep(delay)  # the latency of a real service, before any answer
+class DemoServer:
+    """One service on 127.0.0.1:`port` (0: a free one); `requests` counts what it received."""
+
+    def __init__(self, route: Route, delay: float, port: int = 0) -> None:
+        self._route = route
+        self._delay = delay
+        self.port = port
+        self._server = web.Server(self._handle, access_log=None)
+        self._runner = web.ServerRunner(self._server, shutdown_timeout=SHUTDOWN_TIMEOUT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests_count
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        self.port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
+        await asyncio.sleep(self._delay)  # the latency of a real service, before any answer
         if request.method not in ("GET", "HEAD"):
             return json_response({"error": "method not allowed"}, 405, {"allow": "GET"})
+        path = request.raw_path.partition("?")[0]  # still percent-encoded, like a real API's
         try:
-            return route(request)
+            return self._route(path, dict(request.query.items()))  # the last value wins
         except _BadId as exc:
             return json_response({"error": str(exc)}, 400)
-
-    return handle
 
 
 _SERVICES: dict[str, tuple[Route, float]] = {
@@ -158,11 +196,12 @@ _SERVICES: dict[str, tuple[Route, float]] = {
 }
 DEMO_PORT = 9001  # users; the others follow in PORT_OFFSETS order (examples/gateway.toml)
 PORT_OFFSETS = {"users": 0, "orders": 1, "billing": 2, "recommendations": 3}
+SHUTDOWN_TIMEOUT = 1.0  # seconds a request in flight may take to finish once the demo stops
 
 
 @dataclass
 class DemoUpstreams:
-    servers: dict[str, HTTPServer]
+    servers: dict[str, DemoServer]
 
     @property
     def urls(self) -> dict[str, str]:
@@ -184,7 +223,7 @@ async def start_demo_upstreams(scale: float = 1.0, base_port: int = 0) -> DemoUp
     try:
         for name, (route, delay) in _SERVICES.items():
             port = base_port + PORT_OFFSETS[name] if base_port else 0
-            server = HTTPServer(_service(route, delay * scale), port=port)
+            server = DemoServer(route, delay * scale, port=port)
             await server.start()
             demo.servers[name] = server
     except BaseException:

@@ -4,7 +4,8 @@ Every fixture here is a factory: call it as often as a test needs, everything it
 stopped when the test ends. Plain helpers (handlers, config builders) are in `support.py`.
 
     upstream(handler=echo) -> RecordingServer
-        An HTTP/1.1 server on 127.0.0.1:<random>; `.url`, `.requests`, `.cancelled`, `.seen`.
+        aiohttp.web on 127.0.0.1:<random> (`webserver.py`); `.url`, `.requests`, `.cancelled`,
+        `.seen`.
         `await upstream(reply({"id": 1}, delay=0.1))`, `await upstream()` (echo).
     raw_upstream(raw_handler) -> RawServer
         A TCP server whose handler writes the response bytes itself (drip-feed, endless body).
@@ -53,9 +54,9 @@ from support import (
     free_port,
     to_toml,
 )
+from webserver import Handler
 
 from gateway import Gateway
-from gateway._httpserver import Handler
 
 READY_TIMEOUT = 20.0  # seconds for a subprocess to answer /healthz (spawned workers are slow)
 

@@ -4,9 +4,11 @@ The fixtures that start and stop things live in `conftest.py`; this module holds
 tests import by name (`from support import echo, make_config, ...`).
 
     the factory types of the fixtures in `conftest.py`, and `LiveServer`
-    RecordingServer  an `HTTPServer` that also keeps every request it received (`seen`)
-    RawServer        a bare TCP server for upstreams that misbehave over time (drip-feed,
-                     endless chunked bodies): the handler writes bytes to the socket itself
+    RecordingServer  a `webserver.WebServer` (aiohttp.web) that also keeps every request it
+                     received (`seen`)
+    RawServer        the raw-socket fault server, for replies no real server would send
+                     (garbage, bad framing, drip-feed, endless chunked bodies): the handler
+                     writes bytes to the socket itself
     echo, reply      handlers: echo the request as JSON / answer a fixed body after a delay
     make_config      a config dict (the TOML's shape) from servers and endpoint dicts
     to_toml          that dict as a TOML file, for `gateway serve --config`
@@ -28,9 +30,9 @@ from typing import Any
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
+from webserver import Handler, Request, Response, WebServer, bytes_response, json_response
 
 from gateway import Gateway
-from gateway._httpserver import Handler, HTTPServer, Request, Response, json_response
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -39,8 +41,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 
 
-class RecordingServer(HTTPServer):
-    """An `HTTPServer` that records each request before its handler runs.
+class RecordingServer(WebServer):
+    """A `WebServer` that records each request before its handler runs.
 
     `requests` counts requests, `cancelled` counts handlers cancelled because the client
     (the gateway) went away, `seen` holds the parsed requests (raw, still-encoded path).
@@ -84,8 +86,7 @@ def reply(body: Any = None, status: int = 200, delay: float = 0.0,
         if delay:
             await asyncio.sleep(delay)
         if raw_body is not None:
-            return Response(status=status, body=raw_body, headers=list((headers or {}).items()),
-                            content_type="text/plain")
+            return bytes_response(raw_body, status, headers, content_type="text/plain")
         return json_response(body if body is not None else {"ok": True}, status, headers)
 
     return handle
@@ -97,7 +98,7 @@ RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[No
 class RawServer:
     """A TCP server whose handler writes the HTTP response bytes itself.
 
-    For upstreams `HTTPServer` cannot play: headers then a body that trickles forever.
+    For upstreams a real server cannot play: headers then a body that trickles forever.
     `connections` counts accepted connections, `bytes_sent` what handlers wrote through
     `send`, and `disconnected` is set when a write fails because the peer went away.
     """
@@ -185,7 +186,7 @@ GatewayClientFactory = Callable[[Mapping[str, Any] | Gateway | Quart],
                                 Awaitable[TestClientProtocol]]
 HypercornFactory = Callable[..., Awaitable[LiveServer]]
 
-UpstreamSpec = str | HTTPServer | RawServer | Mapping[str, Any]
+UpstreamSpec = str | WebServer | RawServer | Mapping[str, Any]
 
 
 def make_config(upstreams: Mapping[str, UpstreamSpec], *endpoints: Mapping[str, Any],
@@ -196,7 +197,7 @@ def make_config(upstreams: Mapping[str, UpstreamSpec], *endpoints: Mapping[str, 
     for name, spec in upstreams.items():
         table = dict(spec) if isinstance(spec, Mapping) else {"url": spec}
         url = table["url"]
-        if isinstance(url, HTTPServer | RawServer):
+        if isinstance(url, WebServer | RawServer):
             table["url"] = url.url
         ups[name] = table
     config: dict[str, Any] = {"upstreams": ups, "endpoints": [dict(e) for e in endpoints]}

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from jwt_support import claims, jwks, new_keys
 from support import UpstreamFactory
+from webserver import Request, Response, json_response
 
-from gateway._httpserver import Request, Response, json_response
 from gateway.auth import (
     ApiKeys,
     JwksCache,

@@ -17,8 +17,8 @@ from support import (
     endpoint,
     make_config,
 )
+from webserver import Request, Response, json_response
 
-from gateway._httpserver import Request, Response, json_response
 from gateway.batch import Batcher
 from gateway.config import Batch
 from gateway.upstream import Reply

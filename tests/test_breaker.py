@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config
+from webserver import Request, Response, json_response
 
 from gateway import Gateway
-from gateway._httpserver import Request, Response, json_response
 from gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, counts_as_failure
 from gateway.config import Breaker
 from gateway.envelope import failure_status

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
+from webserver import Request, Response, json_response
 
 from gateway import Gateway
-from gateway._httpserver import Request, Response, json_response
 from gateway.cache import ReplyCache, SingleFlight, vary_key
 from gateway.errors import UpstreamStatus
 from gateway.fan import Fan

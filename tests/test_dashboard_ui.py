@@ -38,8 +38,7 @@ from support import (
     reply,
     to_toml,
 )
-
-from gateway._httpserver import Handler, Request, Response, json_response
+from webserver import Handler, Request, Response, json_response
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page

@@ -31,8 +31,7 @@ from support import (
     make_config,
     reply,
 )
-
-from gateway._httpserver import Response
+from webserver import Response
 
 TIMING_ENTRY = re.compile(r"^([A-Za-z0-9_-]+);dur=(\d+(?:\.\d+)?)$")
 
@@ -690,12 +689,12 @@ async def test_gzip_body_is_capped_on_decoded_bytes(
     ids=["truncated", "garbage", "bad-chunk", "empty"],
 )
 async def test_broken_upstream_replies_are_502(
-    upstream: UpstreamFactory, gateway_client: GatewayClientFactory, raw: bytes
+    raw_upstream: RawUpstreamFactory, gateway_client: GatewayClientFactory, raw: bytes
 ) -> None:
-    async def broken(_request: Any) -> Response:
-        return Response(raw=raw, close_after=True)
+    async def broken(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)  # then RawServer closes the connection
 
-    server = await upstream(broken)
+    server = await raw_upstream(broken)
     status, body = await _single_call_status(gateway_client, server.url)
     assert status == 502
     assert_error_envelope(body)

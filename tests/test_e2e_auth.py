@@ -10,9 +10,9 @@ import pytest
 from jwt_support import SECRET, SigningKey, claims, hs256, jwks, new_keys
 from redis_support import eventually
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
+from webserver import Request, Response, json_response
 
 from gateway import Gateway
-from gateway._httpserver import Request, Response, json_response
 
 API_KEY = "partner-a-key-0123456789"
 

@@ -45,7 +45,7 @@ async def jwks_with_oct(upstream: UpstreamFactory) -> Any:
     document["keys"].append(OCT)
 
     async def serve(request: Any) -> Any:
-        from gateway._httpserver import json_response
+        from webserver import json_response
         return json_response(document)
 
     return await upstream(serve)

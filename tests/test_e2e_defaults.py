@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from support import GatewayClientFactory, UpstreamFactory, call, echo, endpoint, make_config, reply
+from webserver import Request, Response, json_response
 
 from gateway import Fan, Gateway
-from gateway._httpserver import Request, Response, json_response
 
 
 async def json_of(response: Any) -> dict[str, Any]:

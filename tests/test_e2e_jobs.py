@@ -23,8 +23,8 @@ from support import (
     endpoint,
     make_config,
 )
+from webserver import Request, Response, json_response
 
-from gateway._httpserver import Request, Response, json_response
 from gateway.config import JobsSettings
 from gateway.jobs import JobRequest, Timing, open_store
 from gateway.jobs.model import LOST, SHUTDOWN

@@ -277,7 +277,7 @@ async def test_upstream_cookies_are_never_replayed_to_later_calls(
 ) -> None:
     async def sets_cookie(request: Any) -> Any:
         response = await echo(request)
-        response.headers.append(("Set-Cookie", "session=user-a; Path=/"))
+        response.headers.add("Set-Cookie", "session=user-a; Path=/")
         return response
 
     up = await upstream(sets_cookie)

@@ -30,8 +30,8 @@ from support import (
     make_config,
     reply,
 )
+from webserver import Request, Response
 
-from gateway._httpserver import Request, Response
 from gateway.config import JobsSettings, parse_config
 from gateway.errors import ConfigError
 from gateway.jobs import JobRequest, Outcome, Timing, open_store

@@ -31,8 +31,8 @@ from support import (
     reply,
     to_toml,
 )
+from webserver import Request, Response, json_response
 
-from gateway._httpserver import Request, Response, json_response
 from gateway.logs import Formatter, escape
 
 # A text line: Hypercorn's shape, `[time] [pid] [LEVEL] message`; a traceback's lines follow

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config
+from webserver import Handler, Request, Response, json_response
 
 from gateway import Fan, Gateway
-from gateway._httpserver import Handler, Request, Response, json_response
 from gateway.context import counting
 from gateway.errors import (
     CallError,

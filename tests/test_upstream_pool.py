@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config
-
-from gateway._httpserver import Request, Response, json_response
+from webserver import Request, Response, json_response
 
 
 async def test_calls_beyond_max_connections_wait_and_report_queued_ms(
