@@ -5,7 +5,7 @@ stopped when the test ends. Plain helpers (handlers, config builders) are in `su
 
     upstream(handler=echo) -> RecordingServer
         aiohttp.web on 127.0.0.1:<random> (`webserver.py`); `.url`, `.requests`, `.cancelled`,
-        `.seen`.
+        `.seen`. A handler that raised fails the test at teardown.
         `await upstream(reply({"id": 1}, delay=0.1))`, `await upstream()` (echo).
     raw_upstream(raw_handler) -> RawServer
         A TCP server whose handler writes the response bytes itself (drip-feed, endless body).
@@ -93,6 +93,8 @@ async def upstream() -> AsyncIterator[UpstreamFactory]:
     yield start
     for server in servers:
         await server.close()
+    errors = [error for server in servers for error in server.errors]
+    assert not errors, "an upstream handler raised:\n" + "\n".join(errors)
 
 
 @pytest.fixture

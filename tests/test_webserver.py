@@ -113,6 +113,8 @@ async def test_handler_exception_gives_500_json_and_the_server_goes_on() -> None
         assert response.json() == {"error": "RuntimeError: kaput"}
         assert (await c.get("/fine")).json() == {"ok": True}
         assert srv.requests == 2
+    assert len(srv.errors) == 1
+    assert "RuntimeError: kaput" in srv.errors[0]
 
 
 def _slow(started: asyncio.Event, saw_cancel: asyncio.Event) -> Handler:

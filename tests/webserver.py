@@ -7,11 +7,14 @@ bad framing, a drip-fed body) come from `support.RawServer` instead.
 
     requests   requests received (counted once the body is read, before the handler runs)
     cancelled  handlers cancelled because their client (the gateway) hung up
+    errors     the tracebacks of handlers that raised (each answered as a 500); the `upstream`
+               fixture fails a test that leaves one, so a broken handler cannot pass unseen
 """
 
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -85,6 +88,7 @@ class WebServer:
         self._closing = False
         self.requests = 0
         self.cancelled = 0
+        self.errors: list[str] = []
 
     async def start(self) -> None:
         server = web.Server(self._serve, handler_cancellation=True, access_log=None,
@@ -117,6 +121,7 @@ class WebServer:
                 self.cancelled += 1
             raise
         except Exception as exc:
+            self.errors.append(traceback.format_exc())
             return json_response({"error": f"{type(exc).__name__}: {exc}"}, 500)
         finally:
             self._running.discard(task)
