@@ -176,3 +176,41 @@ async def test_sigterm_stops_one_worker_alone_or_the_master_and_every_worker(
     assert "Traceback" not in output
     assert took < 10.0
     print(f"stopped in {took:.1f} s")
+
+
+def group_members(pgid: int) -> set[int]:
+    """Live processes of process group `pgid` (the server's own session: master and workers)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if os.getpgid(int(entry.name)) == pgid and alive(int(entry.name)):
+                    members.add(int(entry.name))
+    return members
+
+
+def fork_server_of(master: int) -> int | None:
+    for child in children(master):
+        with contextlib.suppress(FileNotFoundError):
+            if b"multiprocessing.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+    return None
+
+
+async def test_sigterm_while_the_first_workers_start_leaves_no_process_behind(
+    hypercorn_server: HypercornFactory,
+) -> None:
+    server = await hypercorn_server(CONFIG, command=WORKERS_2, ready=False)
+    master = server.process.pid
+    # The master is up and starting workers: its fork server is importing the app.
+    await eventually(lambda: fork_server_of(master) is not None, "the fork server", server)
+    os.kill(master, signal.SIGTERM)  # the master only, as a service manager would
+    try:
+        code = await asyncio.wait_for(server.process.wait(), 20)
+    except TimeoutError:
+        pytest.fail(f"the master did not stop within 20 s of SIGTERM:\n{server.output()}")
+    assert code == 0, server.output()
+    # Nothing of its group outlives it: no worker, no fork server, serving with no master.
+    await eventually(lambda: not group_members(master), "the group's exit", server,
+                     within=5.0)
+    assert "Traceback" not in server.output()
