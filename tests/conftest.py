@@ -58,6 +58,8 @@ from webserver import Handler
 
 from gateway import Gateway
 
+pytest_plugins = ["teardown_guard"]  # a time limit on every teardown, also after a failure
+
 READY_TIMEOUT = 20.0  # seconds for a subprocess to answer /healthz (spawned workers are slow)
 
 # blockbuster: a blocking call (sync I/O, time.sleep, ...) made on an event loop's thread with

@@ -7,6 +7,7 @@ where a missing Redis is a failure: CI installs it (`.ci/run`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from support import free_port
 
 START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL; then as long again to reap it
 
 
 def redis_binary() -> str:
@@ -30,6 +32,16 @@ def redis_binary() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def _die_with_parent() -> list[str]:
+    """util-linux's setpriv, so a test process that dies (teardown_guard) leaves no redis-server.
+
+    PR_SET_PDEATHSIG fires when the thread that started it exits: the event loop's, the main
+    thread of the test process.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class RedisServer:
@@ -47,16 +59,28 @@ class RedisServer:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning",
+            *_die_with_parent(), self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning",
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await self._wait(up=True)
+        try:
+            await self._wait(up=True)
+        except BaseException:  # never leave a server behind that no fixture will stop
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
+        """SIGTERM, then SIGKILL if it lingers: bounded, so a teardown cannot hang on it."""
+        process = self.process
+        if process is None or process.returncode is not None:
             return
-        self.process.terminate()
-        await asyncio.wait_for(self.process.wait(), START_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
         await self._wait(up=False)
 
     async def _wait(self, up: bool) -> None:
