@@ -24,9 +24,14 @@ def bind_sockets(config: Any) -> Any:
         if not _valid(address):
             raise BindError(address, "expected HOST:PORT, e.g. 127.0.0.1:8000")
     try:
-        return config.create_sockets()
+        sockets = config.create_sockets()
     except OSError as exc:
         raise BindError(", ".join(config.bind), os_reason(exc)) from None
+    # Listening now, not when Hypercorn starts serving (after the app's start-up): a client
+    # that believes the banner waits in the backlog instead of being refused.
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(config.backlog)
+    return sockets
 
 
 def close_sockets(sockets: Any) -> None:

@@ -244,3 +244,20 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port  # nothing listens there once the socket is closed
+
+
+def test_bound_sockets_already_accept_connections_before_serving() -> None:
+    """The banner follows bind_sockets: a client that trusts it waits, it is never refused."""
+    from hypercorn.config import Config
+
+    from gateway.listen import bind_sockets, close_sockets
+
+    port = _closed_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    sockets = bind_sockets(config)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # queued in the backlog: nothing serves yet, but the connect succeeded
+    finally:
+        close_sockets(sockets)
