@@ -61,7 +61,7 @@ def draw(width: dict[str, Any], out: Path) -> None:
     widths = sorted({r["calls"] for r in rows})
     ax.set_xticks(widths, [str(w) for w in widths])
     ax.set_xlabel("upstream calls per request")
-    ax.set_ylabel("server time per request, us (1e6 / req/s, one core)")
+    ax.set_ylabel("server CPU time per request, us (one core)")
     ax.set_title("Fan-out width: cost per request (wrk -c32, one server core)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
