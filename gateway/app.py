@@ -191,9 +191,9 @@ class Gateway:
         finally:
             if door.target is not None:  # the route template labels the request's metrics
                 incoming.target = door.target
-        if not wants_body(target):
-            await _drain()
         try:  # the door holds the client's concurrency slot until the answer is made
+            if not wants_body(target):  # inside: a disconnect while draining frees the slot
+                await _drain()
             response: Response | None = None
             if "prefer" in headers:  # `Prefer: respond-async`: 202 now, the work as a job
                 response = await jobs.respond_async(self, target, ctx, body)

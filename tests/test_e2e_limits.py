@@ -263,3 +263,43 @@ async def test_a_redis_store_shares_concurrency_between_gateways_and_releases_it
         assert opened.status_code == 200  # Redis down: fail open
         text = await (await second.get("/metrics")).get_data(as_text=True)
         assert "gateway_limits_store_errors_total 1.0" in text
+
+
+async def test_concurrency_slot_is_released_when_the_client_goes_away_while_draining(
+        upstream: UpstreamFactory, gateway_client: GatewayClientFactory) -> None:
+    """A GET with a body it does not need: the client leaves while the rest is drained."""
+    users = await upstream()
+    gw = Gateway(limited(users, concurrency=1))
+    client = await gateway_client(gw)  # started: the runtime exists
+    concurrency = gw.current_runtime().concurrency
+    assert isinstance(concurrency, Concurrency)
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await messages.put({"type": "http.request", "body": b"x" * 10, "more_body": True})
+    sent: list[dict[str, Any]] = []
+    waiting = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if messages.empty():
+            waiting.set()  # the rest of the body is awaited
+        return await messages.get()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/x", "raw_path": b"/x",
+             "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"localhost"), (b"content-length", b"1000")],
+             "client": ("10.0.0.1", 40000), "server": ("127.0.0.1", 80), "extensions": {}}
+    served = asyncio.create_task(gw.app(scope, receive, send))  # type: ignore[arg-type]
+    await asyncio.wait_for(waiting.wait(), 5)
+    for _ in range(500):  # the handler reaches the drain (bounded: 5 s)
+        if concurrency.tracked:
+            break
+        await asyncio.sleep(0.01)
+    assert concurrency.tracked == 1  # admitted, draining the body it does not need
+    await messages.put({"type": "http.disconnect"})
+    await asyncio.wait_for(served, 5)
+    assert concurrency.tracked == 0  # the slot came back with the disconnect
+    assert (await client.get("/x", **peer("10.0.0.1"))).status_code == 200
+    assert users.seen == [users.last]  # only the next request reached the upstream
