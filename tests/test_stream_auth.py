@@ -210,3 +210,25 @@ async def test_a_token_that_expires_closes_the_socket_with_1008_and_cancels_its_
             break
         await asyncio.sleep(0.02)
     assert slow.cancelled == 1  # the request in flight was cancelled with its call
+
+
+def keyed_config(users: Any) -> dict[str, Any]:
+    """Limits keyed by a header (configured in mixed case), `{client}` sent upstream."""
+    config = make_config(
+        {"users": users},
+        endpoint("/who", call("w", "users", "/who", query={"who": "{client}"})),
+    )
+    config["limits"] = {"key": "header.X-Client", "rate": "2/minute"}
+    return config
+
+
+async def test_a_header_key_in_mixed_case_names_the_socket_client(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    users = await upstream()
+    client = await gateway_client(keyed_config(users))
+    async with client.websocket("/ws", headers={"X-Client": "alice"}) as ws:
+        first = await ask(ws, "a", "/who")
+    assert first["status"] == 200
+    assert users.last.query == {"who": "alice"}  # not the address: the header was found
+

@@ -44,7 +44,8 @@ def client_key(settings: LimitsSettings, door: Door, identity: Identity) -> tupl
     if (key, identity.kind) in (("jwt.sub", "jwt"), ("api_key", "api_key")):
         value = identity.client
     elif key.startswith("header."):
-        value = door.headers.get(key[len("header."):]) or None
+        # Lower-case: the `/ws` and run API doors carry plain dicts of lower-case names.
+        value = door.headers.get(key[len("header."):].lower()) or None
         if value is not None and len(value) > MAX_KEY_CHARS:
             value = "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
     if value is not None:
