@@ -270,6 +270,12 @@ class _Connection:
         target, ctx, _ = await self.gw.ingress.admit(door)
         return target, ctx, door
 
+    @property
+    def _key_header(self) -> str | None:
+        """`limits.key = "header.NAME"`'s NAME (lower-case): messages may not choose it."""
+        key = self.gw.config.limits.key
+        return key[len("header."):].lower() if key.startswith("header.") else None
+
     def _headers(self, given: Any, rid: Any) -> dict[str, str]:
         """The handshake's headers, then the message's (lower-case names, strings only)."""
         headers = {k: v for k, v in self.headers.items() if not k.startswith("sec-websocket-")}
@@ -284,6 +290,9 @@ class _Connection:
             if name.lower() in _CREDENTIALS and self.gw.config.auth.enabled:
                 raise _ProtocolError(f"'headers' may not carry {name}: the socket's handshake "
                                     "authenticates every message on it", rid)
+            if name.lower() == self._key_header:  # the client key is the handshake's too
+                raise _ProtocolError(f"'headers' may not carry {name}: the socket's handshake "
+                                    "names the client the limits count", rid)
             # Checked here, not by the HTTP client deep in a call: CR/LF would split a header.
             if not HEADER_NAME_RE.match(name):
                 raise _ProtocolError("'headers' names must be HTTP tokens "

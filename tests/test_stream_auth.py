@@ -232,3 +232,19 @@ async def test_a_header_key_in_mixed_case_names_the_socket_client(
     assert first["status"] == 200
     assert users.last.query == {"who": "alice"}  # not the address: the header was found
 
+
+async def test_a_message_cannot_pick_its_own_client_key_header(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    users = await upstream()
+    client = await gateway_client(keyed_config(users))
+    async with client.websocket("/ws", headers={"X-Client": "alice"}) as ws:
+        answers = [await ask(ws, f"r{n}", "/who") for n in range(2)]
+        fresh = await ask(ws, "f", "/who", headers={"x-client": "victim"})
+        over = await ask(ws, "o", "/who")
+    assert [a["type"] for a in answers] == ["result", "result"]
+    assert fresh["type"] == "error"  # no fresh bucket, no `{client}` of someone else
+    assert "handshake" in fresh["error"]
+    assert over["type"] == "error"
+    assert over["error"] == "rate limit exceeded for this client (2 per minute)"
+    assert [r.query for r in users.seen] == [{"who": "alice"}] * 2
