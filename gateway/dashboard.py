@@ -112,8 +112,11 @@ def register(gw: Gateway) -> None:
         message = await request.get_json(silent=True)
         try:
             client = request.scope.get("client")
-            return _json(await run_json(gw, message, request.headers,
-                                        peer=str(client[0]) if client else None))
+            answer, fields = await run_json(gw, message, request.headers,
+                                            peer=str(client[0]) if client else None)
+            response = _json(answer)
+            response.headers.update(fields)  # `RateLimit`
+            return response
         except RequestError as error:
             status = error.status if error.status in _REFUSED_STATUSES else 400
             response = _json({"error": str(error), "status": error.status}, status)
@@ -233,8 +236,9 @@ def breaker_state(runtime: Runtime | None, name: str) -> str:
 
 
 async def run_json(gw: Gateway, message: Any, incoming: HeaderMap,
-                   peer: str | None = None) -> dict[str, Any]:
-    """Run one endpoint as the page asks; the answer carries the entry to draw and the body.
+                   peer: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run one endpoint as the page asks: the answer (the entry to draw and the body), and
+    the limits' `RateLimit` fields its 200 carries (SPEC 9: every 2xx).
 
     Compare sends `"cache": false` for both strategies: with the cache on, whichever
     run came second would be served from the replies the first one stored.
@@ -266,8 +270,8 @@ async def run_json(gw: Gateway, message: Any, incoming: HeaderMap,
     finally:
         door.close()  # the client's concurrency slot
     entry = make_entry(0, target, ctx, result)
-    return {"status": result.status, "entry": entry.to_json(), "body": result.body,
-            "cache": cache}
+    return ({"status": result.status, "entry": entry.to_json(), "body": result.body,
+             "cache": cache}, door.response_headers)
 
 
 def _read_asset(name: str) -> bytes:

@@ -69,6 +69,7 @@ async def test_off_by_default_but_a_run_still_meets_the_endpoint_checks(
     ok = await client.post("/_gateway/api/run", headers=token, **run("/me"))
     assert ok.status_code == 200
     assert (await ok.get_json())["status"] == 200
+    assert ok.headers["RateLimit"].startswith('"default";r=1;t=')  # every 2xx (SPEC 9)
     assert users.last.path == "/users/ann"  # the page's caller's claim
     await client.post("/_gateway/api/run", headers=token, **run("/me"))
     limited = await client.post("/_gateway/api/run", headers=token, **run("/me"))
