@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 from .context import HeaderMap
 
-# What a page from an allowed origin may read of a reply (timings, ids, job links).
+# What a page from an allowed origin may read of a reply (timings, ids, job links, limits).
 EXPOSED = ("Server-Timing, X-Processing-Time-Ms, X-Request-ID, Location, Retry-After, "
-           "Preference-Applied")
+           "Preference-Applied, RateLimit, RateLimit-Policy, WWW-Authenticate")
 PREFLIGHT_METHODS = "GET, POST, PUT, PATCH, DELETE"
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may keep a preflight's answer
 

@@ -818,3 +818,17 @@ async def test_a_chained_value_too_long_for_a_url_is_a_failed_call_not_a_500(
     assert body["meta"]["calls"]["first"]["ok"] is True
     assert body["meta"]["calls"]["second"]["ok"] is False
     assert second.requests == 0
+
+
+async def test_cors_exposes_the_limits_and_auth_headers_to_allowed_origins(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    a = await upstream(reply({"n": 1}))
+    config = make_config({"a": a}, endpoint("/x", call("a", "a")),
+                         cors_origins=["http://app.test"])
+    config["limits"] = {"rate": "5/minute"}
+    client = await gateway_client(config)
+    response = await client.get("/x", headers={"Origin": "http://app.test"})
+    assert "RateLimit" in response.headers  # there to read, and the page may read it
+    exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"RateLimit", "RateLimit-Policy", "WWW-Authenticate"} <= exposed
