@@ -221,3 +221,18 @@ async def test_an_identity_provider_down_at_start_is_a_503_until_its_keys_arrive
     await eventually(lambda: jwks_cache.loaded, within=5.0)  # retried with a backoff
     assert (await client.get("/readyz")).status_code == 200
     assert (await client.get("/me/orders", headers=bearer(token))).status_code == 200
+
+
+async def test_a_token_of_the_fixed_secret_is_served_while_the_jwks_is_unavailable(
+        upstream: UpstreamFactory, gateway_client: GatewayClientFactory,
+        keys: dict[str, SigningKey]) -> None:
+    users = await upstream()
+    provider = await upstream(reply({"error": "down"}, status=503))
+    config = auth_config(users, provider.url, secret=SECRET,
+                         algorithms=["RS256", "HS256"])
+    client = await gateway_client(config)
+    fixed = await client.get("/me/orders", headers=bearer(hs256(claims())))
+    assert fixed.status_code == 200  # verified with auth.secret: no JWKS needed
+    fetched = await client.get("/me/orders", headers=bearer(keys["RS256"].sign(claims())))
+    assert fetched.status_code == 503  # this one needs the identity provider's keys
+    assert "identity provider keys unavailable" in (await fetched.get_json())["error"]

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from .apikeys import ApiKeys
 from .identity import ANONYMOUS, Identity
-from .jwks import Key, KeySet
-from .tokens import TokenPolicy, _TokenError, read_header, verify
+from .jwks import Key, KeySet, _KeysUnavailable
+from .tokens import TokenPolicy, _TokenError, choose_key, read_header, verify
 
 __all__ = ["Authenticator"]
 
@@ -104,16 +104,22 @@ class Authenticator:
         try:
             if not token:
                 raise _TokenError("empty bearer token")
-            keys = await self._keys(read_header(token).get("kid"))
+            keys = await self._keys(read_header(token))
             return verify(token, self.policy, keys)
         except _TokenError as error:
             metric = "expired" if error.reason == "token expired" else "invalid_token"
             raise _AuthFailure(error.reason, token=True, metric=metric) from None
 
-    async def _keys(self, kid: str | None) -> KeySet:
+    async def _keys(self, header: dict[str, Any]) -> KeySet:
+        kid = header.get("kid")
         if self._jwks is None:
             return self._fixed
-        fetched = self._jwks.keys()  # _KeysUnavailable until the first fetch succeeded
+        try:
+            fetched = self._jwks.keys()  # _KeysUnavailable until the first fetch succeeded
+        except _KeysUnavailable:
+            if self._fixed_fits(kid, header["alg"]):  # `auth.secret` does not need the JWKS
+                return self._fixed
+            raise
         if kid is not None and kid not in fetched.by_kid:
             fetched = await self._jwks.refresh_for(kid)  # at most once a minute
         if not self._fixed.keys:
@@ -121,6 +127,13 @@ class Authenticator:
         if self._merged is None or self._merged[0] is not fetched:
             self._merged = (fetched, KeySet.of([*fetched.keys, *self._fixed.keys]))
         return self._merged[1]
+
+    def _fixed_fits(self, kid: str | None, alg: str) -> bool:
+        try:
+            choose_key(self._fixed, kid, alg)
+        except _TokenError:
+            return False
+        return True
 
 
 def _bearer(value: str | None) -> str | None:
