@@ -47,9 +47,10 @@ def _die_with_parent() -> list[str]:
 class RedisServer:
     """One redis-server process; `stop()` and `start()` again keep its port (and lose data)."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, *, unix: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.socket = workdir / "r.sock" if unix else None  # also listening there
         self.port = free_port()
         self.process: asyncio.subprocess.Process | None = None
 
@@ -57,10 +58,16 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        assert self.socket is not None, "started without unix=True"
+        return f"unix://{self.socket}?db=0"
+
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             *_die_with_parent(), self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning",
+            *(["--unixsocket", str(self.socket)] if self.socket is not None else []),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await self._wait(up=True)
@@ -108,8 +115,8 @@ class RedisServer:
 
 
 @asynccontextmanager
-async def running_redis(workdir: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(redis_binary(), workdir)
+async def running_redis(workdir: Path, *, unix: bool = False) -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_binary(), workdir, unix=unix)
     await server.start()
     try:
         yield server

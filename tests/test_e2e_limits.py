@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -303,3 +305,21 @@ async def test_concurrency_slot_is_released_when_the_client_goes_away_while_drai
     assert concurrency.tracked == 0  # the slot came back with the disconnect
     assert (await client.get("/x", **peer("10.0.0.1"))).status_code == 200
     assert users.seen == [users.last]  # only the next request reached the upstream
+
+
+async def test_a_redis_store_on_a_unix_socket_counts_and_holds_concurrency(
+        upstream: UpstreamFactory, gateway_client: GatewayClientFactory) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # a socket path is short
+    users = await upstream()
+    try:
+        async with running_redis(workdir, unix=True) as redis:
+            gw = Gateway(limited(users, rate="2/minute", concurrency=4,
+                                 store=redis.unix_url))
+            client = await gateway_client(gw)
+            assert isinstance(gw.current_runtime().concurrency, RedisConcurrency)
+            statuses = [(await client.get("/x", **peer("10.0.0.1"))).status_code
+                        for _ in range(3)]
+            assert statuses == [200, 200, 429]
+            assert len(users.seen) == 2
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

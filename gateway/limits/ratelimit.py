@@ -77,7 +77,9 @@ class RateLimiter:
         if store == "memory":
             self.storage = MemoryStorage()
         else:
-            self.storage = RedisStorage(f"async+{store}", implementation="redispy",
+            # `limits` reads async+unix:// as Valkey's: a unix socket URL is named as redis'.
+            scheme = "async+redis+" if store.startswith("unix://") else "async+"
+            self.storage = RedisStorage(scheme + store, implementation="redispy",
                                         wrap_exceptions=True)
         self._memory = store == "memory"
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
