@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from jwt_support import SECRET, claims, hs256
 from redis_support import running_redis
 from support import (
@@ -323,3 +324,21 @@ async def test_a_redis_store_on_a_unix_socket_counts_and_holds_concurrency(
             assert len(users.seen) == 2
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_a_short_redis_lease_does_not_cut_a_longer_ones_ttl(tmp_path: Path) -> None:
+    async with running_redis(tmp_path) as redis:
+        concurrency = RedisConcurrency(redis.url, 4)
+        try:
+            long = await concurrency.acquire("ip:10.0.0.1", 100.0)
+            short = await concurrency.acquire("ip:10.0.0.1", 1.0)
+            assert isinstance(long, str)
+            assert isinstance(short, str)
+            reader = aioredis.Redis.from_url(redis.url)
+            try:
+                ttl = await reader.pttl("gw-concurrency:ip:10.0.0.1")
+            finally:
+                await reader.aclose()
+            assert ttl > 60_000  # the 100 s lease's (plus slack), not the 1 s one's
+        finally:
+            await concurrency.close()

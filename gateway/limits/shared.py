@@ -4,7 +4,8 @@
 member of the client's sorted set scored with its expiry (Redis's own clock, so machines
 need not agree on the time). Taking one (a Lua script, atomic) drops the expired leases
 first, so a process killed mid-request costs its clients their slot only until the lease
-expires (the request's deadline plus `LEASE_SLACK`). Like the rate counters, a Redis
+expires (the request's deadline plus `LEASE_SLACK`); the set's TTL is only ever lengthened,
+so a short lease cannot cut a longer one short. Like the rate counters, a Redis
 that does not answer lets the request through (fail open) and calls `on_store_error`.
 """
 
@@ -33,7 +34,8 @@ local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
+local ttl = math.ceil(tonumber(ARGV[2]) * 1000)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 """
 
