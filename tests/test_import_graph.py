@@ -16,6 +16,15 @@ def test_the_package_has_no_module_level_import_cycle() -> None:
     assert found == []
 
 
+MAX_MODULE_LINES = 400  # CONTRIBUTING: a module past this is two concepts; split it
+
+
+def test_no_module_of_the_package_is_over_400_lines() -> None:
+    sizes = {str(path.relative_to(REPO)): len(path.read_text().splitlines())
+             for path in (REPO / "gateway").rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
 def test_the_script_exits_zero_and_prints_the_counts() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "import_graph.py")],
