@@ -49,10 +49,12 @@ class GcPause:
     A parsed JSON document holds no reference cycle, yet building one allocates tens of
     thousands of containers, each pass of the collector it triggers walks the server's
     whole heap, and most of a big reply's cost was that (BENCHMARKS.md, payload curve:
-    ~37 ms per MB with the collector running, ~14 without). Nesting counts, so that
-    replies parsed at once in threads resume it only when the last one is done; without
-    a lock (Python's own bytecode atomicity): a race can only resume it early, never
-    leave it off, as every pause ends by resuming it when the count reaches 0.
+    ~37 ms per MB with the collector running, ~14 without). Taken only on the event
+    loop's thread, for replies parsed there (up to THREAD_PARSE_BYTES): the collector is
+    process-wide, so parses overlapping in worker threads would keep it off most of the
+    time (and a cancelled call's parse would keep it off after the call), letting the
+    loop's cyclic garbage pile up. Nesting counts all the same, and a collector someone
+    else turned off stays off.
     """
 
     __slots__ = ("_depth", "_paused")
@@ -137,8 +139,9 @@ class BodyReader:
         """Parse a body still in its holder (bigger ones off the event loop)."""
         if len(body.value) > THREAD_PARSE_BYTES:
             # The worker reads the holder, so a call cancelled meanwhile leaves no copy here.
+            # No GC pause off the loop (GcPause): the collector is the whole process's.
             result = await asyncio.get_running_loop().run_in_executor(
-                None, _parse_body, body, self.gc_pause)
+                None, _parse_body, body, None)
         else:
             result = _parse_body(body, self.gc_pause)
         if isinstance(result, _NotJson):
@@ -148,7 +151,7 @@ class BodyReader:
     async def parse(self, raw: bytes, status: int) -> Parsed:
         """Parse bytes the cache holds anyway (a hit, or a reply shared by a flight)."""
         if len(raw) > THREAD_PARSE_BYTES:
-            result = await asyncio.to_thread(_parse_json, raw, self.gc_pause)
+            result = await asyncio.to_thread(_parse_json, raw, None)
         else:
             result = _parse_json(raw, self.gc_pause)
         if isinstance(result, _NotJson):
@@ -177,10 +180,13 @@ class _NotJson:
         self.problem = problem
 
 
-def _parse_json(raw: bytes, gc_pause: GcPause) -> Parsed | _NotJson:
+def _parse_json(raw: bytes, gc_pause: GcPause | None) -> Parsed | _NotJson:
+    """Parse `raw`, with the collector paused when `gc_pause` is given (loop thread only)."""
     if not raw or raw.isspace():  # without `strip()`, which would copy the whole body
         return None, None
     try:
+        if gc_pause is None:
+            return loads_reply_encoded(raw)
         with gc_pause:
             return loads_reply_encoded(raw)
     except orjson.JSONDecodeError:  # its `doc` is a copy of the whole body: dropped here
@@ -189,7 +195,7 @@ def _parse_json(raw: bytes, gc_pause: GcPause) -> Parsed | _NotJson:
         return _NotJson(f"JSON {exc}")
 
 
-def _parse_body(body: CappedBody, gc_pause: GcPause) -> Parsed | _NotJson:
+def _parse_body(body: CappedBody, gc_pause: GcPause | None) -> Parsed | _NotJson:
     return _parse_json(body.value, gc_pause)
 
 

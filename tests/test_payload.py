@@ -8,14 +8,16 @@ values, and the bytes on the wire are what encoding the value would have written
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
 import orjson
 from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
 
+from gateway.body import CappedBody
 from gateway.guard import MAX_REPLY_DEPTH, loads_reply_encoded
-from gateway.reader import GcPause
+from gateway.reader import THREAD_PARSE_BYTES, BodyReader, GcPause
 
 # More objects than MAX_REPLY_DEPTH brackets: the depth check encodes it.
 ITEMS = [{"id": i, "name": f"n{i}", "tags": ["a", "é\u2028"], "score": i / 3} for i in range(300)]
@@ -99,4 +101,39 @@ def test_gc_pause_resumes_the_collector_when_the_parse_fails() -> None:
             orjson.loads(b"{not json")
     except orjson.JSONDecodeError:
         pass
+    assert gc.isenabled()
+
+
+async def test_replies_parsed_in_threads_leave_the_collector_on() -> None:
+    """The collector is process-wide: parses overlapping off the loop must not hold it off."""
+    reader = BodyReader("u", 50_000_000, 5.0)
+    raw = orjson.dumps([{"k": i, "v": [i, i]} for i in range(20_000)])
+    assert len(raw) > THREAD_PARSE_BYTES  # parsed in a worker thread
+    off = samples = 0
+    done = False
+
+    async def parser() -> None:
+        for _ in range(3):
+            body = CappedBody("", 50_000_000)
+            body.feed(raw)
+            body.finish()
+            value, _ = await reader.parse_held(body, 200)
+            assert len(value) == 20_000
+            assert len((await reader.parse(raw, 200))[0]) == 20_000
+
+    async def sampler() -> None:
+        nonlocal off, samples
+        while not done:
+            samples += 1
+            off += not gc.isenabled()
+            await asyncio.sleep(0)
+
+    watch = asyncio.create_task(sampler())
+    try:
+        await asyncio.gather(*(parser() for _ in range(4)))
+    finally:
+        done = True
+        await watch
+    assert samples > 0
+    assert off == 0
     assert gc.isenabled()
