@@ -9,7 +9,7 @@ reference counting anyway. So, once the app is loaded, what exists is frozen
 and the youngest generation is collected after `GEN0_THRESHOLD` new
 containers instead of 700: cyclic garbage still goes, in batches bounded by
 that count. Only `gateway serve`'s workers do this, never an app embedded in
-someone else's process (or the tests').
+someone else's process (or the tests'). A reload unfreezes it all (`thaw`).
 """
 
 from __future__ import annotations
@@ -25,3 +25,16 @@ def tune() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
+
+
+def thaw() -> None:
+    """Unfreeze before a reload retires upstreams, so their cycles can be collected.
+
+    A frozen object is never traversed, so a reference cycle frozen at start (an
+    upstream and its batcher, through the bound method it sends with) would never be
+    freed once a reload retires it, with its cache, breaker and metrics. Unfrozen
+    objects go to the oldest generation: only full collections walk them again, and
+    nothing is frozen again after a reload (each reload would pin its own cycles).
+    """
+    if gc.get_freeze_count():
+        gc.unfreeze()

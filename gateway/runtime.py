@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from . import allocator
+from . import allocator, collector
 from .auth.authenticator import Authenticator
 from .auth.jwks import JwksCache
 from .budget import MemoryBudget
@@ -95,6 +95,7 @@ class Runtime:
         """A reload: serve `config` with `upstreams` (started) from this instant (no
         await); the upstreams no longer used are closed once their calls are done."""
         old = self.upstreams
+        collector.thaw()  # what start-up froze can be freed once retired
         self.upstreams = upstreams
         self.config = config
         self.budget.limit = config.gateway.max_buffered_bytes
