@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import TYPE_CHECKING
 
 import httpx
 from yarl import URL
@@ -21,6 +22,11 @@ from .errors import CallError, CallInputError, UpstreamStatus, UpstreamTimeout, 
 from .pipeline import Call, Reply
 from .reader import BodyReader
 from .transport import AiohttpTransport, chunks
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
+
+BODY_HEADERS = ("content-length", "content-encoding")  # what reader.BodyReader.read looks up
 
 
 class Wire:
@@ -111,8 +117,8 @@ class Wire:
             status = response.status
             if not 200 <= status < 300:
                 raise UpstreamStatus(f"upstream '{self.name}' answered {status}", status)
-            received = await self.reader.read(status, response.headers, chunks(response),
-                                              call.lease)
+            received = await self.reader.read(status, _joined(response.headers),
+                                              chunks(response), call.lease)
         finally:
             response.release()
         del response  # a failure raised below keeps this frame, not the connection's buffers
@@ -125,6 +131,20 @@ class Wire:
             return UpstreamUnavailable(f"upstream '{self.name}' sent a malformed reply")
         return UpstreamUnavailable(
             f"upstream '{self.name}' is unreachable ({type(exc).__name__})")
+
+
+def _joined(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The headers the reader looks at, repeated ones joined by ", " as httpx joins them.
+
+    aiohttp's `get` gives the first value only: `Content-Encoding: gzip` then
+    `Content-Encoding: identity` would be decoded here yet refused on httpx's path.
+    """
+    out = {}
+    for name in BODY_HEADERS:
+        values = headers.getall(name, ())
+        if values:
+            out[name] = ", ".join(values)
+    return out
 
 
 def _cause(exc: httpx.HTTPError) -> httpx.HTTPError | None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from typing import Any
 
 import pytest
-from support import UpstreamFactory, echo, make_config, reply
+from support import RawUpstreamFactory, UpstreamFactory, echo, make_config, reply
 
 from gateway.config import parse_config
 from gateway.context import RequestContext
-from gateway.errors import CallInputError, UpstreamStatus, UpstreamTimeout
+from gateway.errors import CallInputError, UpstreamBadReply, UpstreamStatus, UpstreamTimeout
 from gateway.layers.breaker import BreakerLayer
 from gateway.layers.budget import BodyLayer
 from gateway.layers.cache import CacheLayer, SingleFlightLayer
@@ -125,6 +126,40 @@ async def test_the_fast_path_and_httpx_path_send_the_same_request(
             assert fast["headers"]["x-key"] == "k"
     finally:
         await up.close()
+
+
+async def test_repeated_content_encodings_are_read_alike_on_the_fast_and_httpx_paths(
+    raw_upstream: RawUpstreamFactory
+) -> None:
+    """aiohttp's `get` saw only the first `Content-Encoding`; httpx joins them all."""
+    body = gzip.compress(b'{"ok": true}')
+    outcomes = {}
+    for first, second in (("gzip", "identity"), ("identity", "gzip")):
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Encoding: {first}\r\nContent-Encoding: {second}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          head: bytes = head) -> None:
+            writer.write(head + body)
+            await writer.drain()
+
+        server = await raw_upstream(handler)
+        config = parse_config(make_config({"u": {"url": server.url}}), env={})
+        up = Upstream(config.upstreams["u"], config.gateway)
+        await up.start()
+        try:
+            seen = []
+            for path in ("/p", "/p\u00e9"):  # the fast path, then httpx's
+                try:
+                    seen.append(repr((await up.call("GET", path, [])).data))
+                except UpstreamBadReply as exc:
+                    seen.append(str(exc))
+            assert seen[0] == seen[1], (first, second, seen)
+            outcomes[first, second] = seen[0]
+        finally:
+            await up.close()
+    assert all("cannot be decoded" in outcome for outcome in outcomes.values()), outcomes
 
 
 async def test_an_unsendable_url_is_a_call_input_error_on_either_path(
