@@ -80,6 +80,16 @@ class Lease:
         self._budget._take(size)
         self.size += size
 
+    def hand_over(self) -> Lease:
+        """A lease holding all of this one's bytes; this one is empty afterwards.
+
+        For a body a worker thread still reads after its call was cancelled: the
+        bytes stay on the budget until the thread lets go of them.
+        """
+        other = Lease(self._budget)
+        other.size, self.size = self.size, 0
+        return other
+
     def release(self) -> None:
         if self.size:
             self._budget._give_back(self.size)

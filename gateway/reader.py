@@ -135,13 +135,23 @@ class BodyReader:
             if not received:  # failed or cancelled: drop what was read at once
                 body.discard()
 
-    async def parse_held(self, body: CappedBody, status: int) -> Parsed:
-        """Parse a body still in its holder (bigger ones off the event loop)."""
+    async def parse_held(self, body: CappedBody, status: int,
+                         lease: Lease | None = None) -> Parsed:
+        """Parse a body still in its holder (bigger ones off the event loop).
+
+        A call cancelled during a thread parse hands `lease` (the body's bytes) to the
+        parse, released once the thread is done with the body rather than at once.
+        """
         if len(body.value) > THREAD_PARSE_BYTES:
             # The worker reads the holder, so a call cancelled meanwhile leaves no copy here.
             # No GC pause off the loop (GcPause): the collector is the whole process's.
-            result = await asyncio.get_running_loop().run_in_executor(
-                None, _parse_body, body, None)
+            parse = asyncio.get_running_loop().run_in_executor(None, _parse_body, body, None)
+            try:
+                result = await asyncio.shield(parse)
+            except asyncio.CancelledError:
+                if lease is not None:
+                    parse.add_done_callback(_Release(lease.hand_over()))
+                raise
         else:
             result = _parse_body(body, self.gc_pause)
         if isinstance(result, _NotJson):
@@ -169,6 +179,20 @@ class BodyReader:
     def _not_json(self, result: _NotJson, status: int) -> CallError:
         return UpstreamBadReply(
             f"upstream '{self.name}' answered {status} with {result.problem}", status)
+
+
+class _Release:
+    """A cancelled call's body lease, released when its thread parse is done (on the loop)."""
+
+    __slots__ = ("lease",)
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+
+    def __call__(self, parse: asyncio.Future[Parsed | _NotJson]) -> None:
+        self.lease.release()
+        if not parse.cancelled():
+            parse.exception()  # retrieved: nobody awaits it any more
 
 
 class _NotJson:

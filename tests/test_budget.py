@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
 import pytest
 
+from gateway.body import CappedBody
 from gateway.budget import MemoryBudget, _BudgetExhausted
+from gateway.layers.budget import BodyLayer
+from gateway.pipeline import Call, Reply
+from gateway.reader import THREAD_PARSE_BYTES, BodyReader
 
 
 def test_leases_share_one_limit() -> None:
@@ -68,3 +77,44 @@ def test_draining_after_a_burst_is_heard_once_per_burst() -> None:
     assert drained == [3]
     budget.lease().take(10)
     assert budget.takes == 4
+
+
+async def test_a_call_cancelled_during_a_thread_parse_keeps_its_bytes_until_the_thread_is_done(
+) -> None:
+    """The worker still holds the body: the budget must count it until the parse ends."""
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=1)  # one worker, held busy: the parse waits
+    loop.set_default_executor(pool)
+    gate = threading.Event()
+    blocker = loop.run_in_executor(None, gate.wait, 10.0)
+    drained = asyncio.Event()
+    budget = MemoryBudget(50_000_000, on_drained=drained.set, drained_after=1)
+    reader = BodyReader("u", 50_000_000, 5.0)
+    raw = orjson.dumps(list(range(100_000)))
+    assert len(raw) > THREAD_PARSE_BYTES
+
+    async def wire(call: Call) -> Reply:
+        assert call.lease is not None
+        body = call.received = CappedBody("", 50_000_000, call.lease)
+        body.feed(raw)
+        body.finish()
+        return Reply(200, None)
+
+    layer = BodyLayer(budget, reader)
+    task = asyncio.create_task(layer(Call("GET", "/", []), wire))
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert budget.held == len(raw)  # read, now parsing (queued behind the blocker)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert budget.held == len(raw)  # the call is gone, the thread not yet
+        gate.set()
+        await blocker
+        async with asyncio.timeout(10):
+            await drained.wait()  # the thread's done-callback released the lease
+        assert budget.held == 0
+    finally:
+        gate.set()
+        pool.shutdown(wait=False)

@@ -27,7 +27,8 @@ class BodyLayer:
             reply = await next(call)
             received = call.received
             assert received is not None
-            reply.data, reply.encoded = await self.reader.parse_held(received, reply.status)
+            reply.data, reply.encoded = await self.reader.parse_held(
+                received, reply.status, lease)  # a thread parse keeps it if we are cancelled
             call.raw = received.take()
         finally:
             if call.received is not None:
