@@ -95,9 +95,7 @@ class Wire:
         except httpx.HTTPError as exc:
             raise self._failed(exc) from _cause(exc)
         try:
-            status = response.status_code
-            if not 200 <= status < 300:
-                raise UpstreamStatus(f"upstream '{self.name}' answered {status}", status)
+            status = self._accepted(response.status_code)
             received = await self.reader.read(status, response.headers, response.aiter_raw(),
                                               call.lease)
         finally:
@@ -114,15 +112,19 @@ class Wire:
         except httpx.HTTPError as exc:
             raise self._failed(exc) from _cause(exc)
         try:
-            status = response.status
-            if not 200 <= status < 300:
-                raise UpstreamStatus(f"upstream '{self.name}' answered {status}", status)
+            status = self._accepted(response.status)
             received = await self.reader.read(status, _joined(response.headers),
                                               chunks(response), call.lease)
         finally:
             response.release()
         del response  # a failure raised below keeps this frame, not the connection's buffers
         return _received(call, status, received)
+
+    def _accepted(self, status: int) -> int:
+        """The status of a reply whose body is worth reading: a 2xx; any other fails the call."""
+        if not 200 <= status < 300:
+            raise UpstreamStatus(f"upstream '{self.name}' answered {status}", status)
+        return status
 
     def _failed(self, exc: httpx.HTTPError) -> CallError:
         if isinstance(exc, httpx.TimeoutException):
