@@ -28,7 +28,7 @@ from webserver import Request, Response, json_response
 from gateway.config import JobsSettings
 from gateway.jobs import JobRequest, Timing, open_store
 from gateway.jobs.model import LOST, SHUTDOWN
-from gateway.jobs.redis_store import RedisStore  # noqa: F401  # imported here, not on the loop
+from gateway.jobs.redis_store import STOP_TIMEOUT, RedisStore  # noqa: F401  # not on the loop
 
 ASYNC = {"Prefer": "respond-async"}
 HEARTBEAT = 0.3  # so a lost job is reported after 3 x 0.3 s
@@ -178,6 +178,32 @@ async def test_sigterm_lets_running_jobs_finish_within_grace_then_fails_the_rest
     assert failed["error"] == SHUTDOWN
     after = await submit(http, staying, 0)  # the deployment still takes jobs
     await wait_status(http, staying, after, "succeeded")
+
+
+async def test_sigterm_with_redis_hung_exits_in_bounded_time(
+        redis: RedisServer, upstream: UpstreamFactory, hypercorn_server: HypercornFactory,
+        http: httpx.AsyncClient) -> None:
+    """A Redis that accepts but never answers (stopped, or behind a partition) makes every
+    command wait for its socket timeout; shutdown gives up on it after STOP_TIMEOUT."""
+    up = await upstream(sleepy)
+    gateway = await hypercorn_server(jobs_config(redis, up))
+    job = await submit(http, gateway, 20)
+    await wait_status(http, gateway, job, "running")
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        gateway.process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        await asyncio.wait_for(gateway.process.wait(), 30)
+        # grace for the job, then STOP_TIMEOUT for the worker and for the goodbye
+        assert time.monotonic() - sent < GRACE + 2 * STOP_TIMEOUT + 3
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+    await asyncio.sleep(0.1)
+    output = gateway.output()
+    assert "the job worker did not stop within" in output
+    assert f"1 job(s) ({job.rsplit('/', 1)[1][:8]}) keep no verdict" in output
+    assert "Traceback" not in output
 
 
 async def test_gateway_worker_process_runs_jobs(

@@ -42,9 +42,14 @@ from .model import (
     new_job_id,
     owner_of,
 )
-from .store import Execute, JobStore, Timing
+from .store import SECONDS, Execute, JobStore, Timing
 
 log = logging.getLogger("gateway.jobs")
+
+# After `grace`, how long stopping SAQ's worker (which records the jobs it cuts off) and
+# saying goodbye to Redis may each take: with Redis unreachable every command waits for its
+# socket timeout, and shutdown must not wait on that.
+STOP_TIMEOUT = 3 * SECONDS
 
 _KNOWN_ERRORS = frozenset({CANCELED, LOST, SHUTDOWN, SHUTDOWN_QUEUED, TIMED_OUT})
 
@@ -134,14 +139,41 @@ class RedisStore(JobStore):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.timing.grace):
                     await self._idle.wait()
-            # SAQ cancels what still runs; `GatewayQueue._retry` records it as shut down.
-            await self._worker.stop()
-            await self._worker_task
+            await self._stop_worker(self._worker, self._worker_task)
         try:
-            await self._queue.disconnect()
-        except RedisError as exc:  # Redis is down: say no goodbyes, still close every socket
-            log.warning("jobs: closing the Redis connection: %s", exc)
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await self._queue.disconnect()
+        except (RedisError, TimeoutError) as exc:  # Redis is down: no goodbyes, close sockets
+            log.warning("jobs: closing the Redis connection: %s",
+                        str(exc) or f"no answer within {STOP_TIMEOUT:g} s")
             await self._redis.aclose()
+
+    async def _stop_worker(self, worker: GatewayWorker, task: asyncio.Task[None]) -> None:
+        """SAQ cancels what still runs and `GatewayQueue._retry` records it as shut down.
+
+        SAQ waits for its tasks with no limit; after STOP_TIMEOUT the ones left (stuck on an
+        unreachable Redis) are cancelled again, so its stop completes, and are logged.
+        """
+        tasks = {*worker.tasks, task}
+        stopping = asyncio.create_task(worker.stop(), name="gateway-jobs-worker-stop")
+        await asyncio.wait([stopping], timeout=STOP_TIMEOUT)
+        if not stopping.done():
+            cut_off = sorted(job.key[:8] for job in worker.job_task_contexts)
+            left = [t for t in tasks if not t.done()]
+            for t in left:
+                t.cancel()
+            log.error("jobs: the job worker did not stop within %g s (is Redis reachable?): "
+                      "cancelled %d task(s) still waiting on it; %d job(s)%s keep no "
+                      "verdict, another process reports them failed once their heartbeat "
+                      "is stale",
+                      STOP_TIMEOUT, len(left), len(cut_off),
+                      f" ({', '.join(cut_off)})" if cut_off else "")
+        done, pending = await asyncio.wait([stopping, task], timeout=STOP_TIMEOUT)
+        for t in pending:  # SAQ ignored a second cancel: nothing more to wait for
+            t.cancel()
+        for t in done:
+            if not t.cancelled() and (error := t.exception()) is not None:
+                log.error("jobs: stopping the job worker failed: %r", error)
 
     async def _run(self, ctx: Context, *, request: dict[str, Any]) -> dict[str, Any]:
         """The SAQ job function: replay the request here, heartbeat while it runs."""
