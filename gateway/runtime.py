@@ -114,7 +114,7 @@ class Runtime:
     async def start(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.start()
-        if self.jwks is not None:  # down at start: retried in its own task, never fatal
+        if self.jwks is not None:  # fetched in its own task: start-up never waits on the IdP
             await self.jwks.start()
 
     async def open_jobs(self, store: JobStore, execute: Execute) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from jwt_support import claims, jwks, new_keys
-from support import UpstreamFactory
+from support import RawUpstreamFactory, UpstreamFactory, reply
 from webserver import Request, Response, json_response
 
 from gateway.auth import (
@@ -57,6 +57,7 @@ async def test_keys_are_fetched_at_start_and_refreshed_once_a_minute_on_unknown_
     async with httpx.AsyncClient() as client:
         cache = JwksCache(f"{server.url}/jwks.json", client, clock=clock)
         await cache.start()
+        await cache.first_attempt()
         assert cache.problem is None
         assert len(server.seen) == 1
         assert "rsa-1" in cache.keys().by_kid
@@ -86,6 +87,7 @@ async def test_provider_down_at_start_is_retried_while_keys_are_unavailable(
     async with httpx.AsyncClient() as client:
         cache = JwksCache(f"{server.url}/jwks.json", client)
         await cache.start()  # does not raise: the gateway starts without its IdP
+        await cache.first_attempt()
         assert cache.problem is not None
         assert "503" in cache.problem
         with pytest.raises(_KeysUnavailable, match="503"):
@@ -105,6 +107,43 @@ async def test_provider_down_at_start_is_retried_while_keys_are_unavailable(
         await cache.close()
 
 
+async def test_start_does_not_wait_for_the_fetch_but_early_tokens_do(
+        upstream: UpstreamFactory) -> None:
+    server = await upstream(reply(jwks(KEYS["RS256"]), delay=0.3))
+    async with httpx.AsyncClient() as client:
+        cache = JwksCache(f"{server.url}/jwks.json", client)
+        await cache.start()
+        assert not cache.loaded  # start returned with the fetch under way
+        assert cache.problem == "JWKS not fetched yet"
+        keys = await cache.keys_soon()  # a token in the first seconds waits for it
+        assert "rsa-1" in keys.by_kid
+        assert len(server.seen) == 1
+        await cache.close()
+
+
+async def test_a_hung_provider_refuses_early_tokens_after_the_first_wait(
+        raw_upstream: RawUpstreamFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jwks_module, "FIRST_WAIT", 0.2)
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await raw_upstream(never_answer)
+    async with httpx.AsyncClient() as client:
+        cache = JwksCache(f"{server.url}/jwks.json", client)
+        await cache.start()
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        with pytest.raises(_KeysUnavailable, match="not fetched yet"):
+            await cache.keys_soon()
+        assert loop.time() - asked < jwks_module.FETCH_TIMEOUT / 2  # not the fetch's timeout
+        asked = loop.time()
+        with pytest.raises(_KeysUnavailable):  # after FIRST_WAIT: refused without waiting
+            await cache.keys_soon()
+        assert loop.time() - asked < 0.1
+        await cache.close()  # the pending fetch is cancelled
+
+
 def _problem(cache: JwksCache) -> str | None:
     return cache.problem
 
@@ -113,6 +152,7 @@ async def test_unreachable_provider_is_a_problem_not_a_crash() -> None:
     async with httpx.AsyncClient() as client:
         cache = JwksCache("http://127.0.0.1:9/jwks.json", client)
         await cache.start()
+        await cache.first_attempt()
         assert cache.problem is not None
         assert "127.0.0.1:9" in cache.problem
         await cache.close()  # the retry task is cancelled and awaited
@@ -124,6 +164,7 @@ async def test_oversize_or_bad_jwks_document_is_refused(upstream: UpstreamFactor
     async with httpx.AsyncClient() as client:
         cache = JwksCache(f"{server.url}/jwks.json", client)
         await cache.start()
+        await cache.first_attempt()
         assert cache.problem is not None
         assert "larger than" in cache.problem
         await cache.close()

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
+import httpx
 import pytest
 from jwt_support import SECRET, SigningKey, claims, hs256, jwks, new_keys
 from redis_support import eventually
-from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
+from support import (
+    GatewayClientFactory,
+    HypercornFactory,
+    RawUpstreamFactory,
+    UpstreamFactory,
+    call,
+    endpoint,
+    make_config,
+    reply,
+)
 from webserver import Request, Response, json_response
 
 from gateway import Gateway
+from gateway.auth.jwks import FETCH_TIMEOUT
 
 API_KEY = "partner-a-key-0123456789"
 
@@ -236,3 +248,35 @@ async def test_a_token_of_the_fixed_secret_is_served_while_the_jwks_is_unavailab
     fetched = await client.get("/me/orders", headers=bearer(keys["RS256"].sign(claims())))
     assert fetched.status_code == 503  # this one needs the identity provider's keys
     assert "identity provider keys unavailable" in (await fetched.get_json())["error"]
+
+
+async def test_an_identity_provider_that_never_answers_does_not_hold_up_start(
+        upstream: UpstreamFactory, raw_upstream: RawUpstreamFactory,
+        hypercorn_server: HypercornFactory, http: httpx.AsyncClient,
+        keys: dict[str, SigningKey]) -> None:
+    users = await upstream()
+    hung_up = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # returns only when the gateway gives up on the fetch
+        hung_up.set()
+
+    provider = await raw_upstream(never_answer)
+    spawned = time.monotonic()
+    gateway = await hypercorn_server(auth_config(users, provider.url + "/jwks.json"))
+    assert time.monotonic() - spawned < FETCH_TIMEOUT  # it waited for no fetch timeout
+    assert provider.connections == 1
+    assert not hung_up.is_set()  # the fetch is still pending
+    token = keys["RS256"].sign(claims())
+    refused = await http.get(gateway.url + "/me/orders", headers=bearer(token))
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert "identity provider keys unavailable" in refused.json()["error"]
+    ready = await http.get(gateway.url + "/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["auth"]["keys_loaded"] is False
+    assert "JWKS not fetched yet" in ready.json()["reason"]
+    assert (await http.get(gateway.url + "/public")).status_code == 200
+    assert not hung_up.is_set()  # all of that while the provider still holds the fetch
+    gateway.process.send_signal(signal.SIGTERM)  # the pending fetch does not delay the stop
+    assert await asyncio.wait_for(gateway.process.wait(), FETCH_TIMEOUT) == 0

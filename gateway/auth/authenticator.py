@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from .apikeys import ApiKeys
 from .identity import ANONYMOUS, Identity
-from .jwks import Key, KeySet, _KeysUnavailable
+from .jwks import Key, KeySet
 from .tokens import TokenPolicy, _TokenError, choose_key, read_header, verify
 
 __all__ = ["Authenticator"]
@@ -43,7 +43,9 @@ class _Settings(Protocol):
 class _Keys(Protocol):
     """A JWKS source: `JwksCache` (refreshes on an unknown kid), or a fixed set."""
 
-    def keys(self) -> KeySet: ...
+    @property
+    def loaded(self) -> bool: ...
+    async def keys_soon(self) -> KeySet: ...
     async def refresh_for(self, kid: str) -> KeySet: ...
 
 
@@ -114,12 +116,9 @@ class Authenticator:
         kid = header.get("kid")
         if self._jwks is None:
             return self._fixed
-        try:
-            fetched = self._jwks.keys()  # _KeysUnavailable until the first fetch succeeded
-        except _KeysUnavailable:
-            if self._fixed_fits(kid, header["alg"]):  # `auth.secret` does not need the JWKS
-                return self._fixed
-            raise
+        if not self._jwks.loaded and self._fixed_fits(kid, header["alg"]):
+            return self._fixed  # `auth.secret` does not need the JWKS
+        fetched = await self._jwks.keys_soon()  # _KeysUnavailable until a fetch succeeded
         if kid is not None and kid not in fetched.by_kid:
             fetched = await self._jwks.refresh_for(kid)  # at most once a minute
         if not self._fixed.keys:

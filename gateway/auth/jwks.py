@@ -3,15 +3,18 @@ one fetched from the identity provider.
 
 The cache fetches at start and again only when a token names an unknown `kid`, at most
 once per `REFRESH_INTERVAL` after the previous fetch: never per request, so a flood of
-made-up kids costs one fetch a minute. An identity provider down at start is retried in
-the cache's own task with a backoff; until the first success `keys()` raises
-`_KeysUnavailable` (the endpoints that need a token answer 503) and `problem` says why
-(for `/readyz`).
+made-up kids costs one fetch a minute. The first fetch runs in the cache's own task, so
+start-up never waits on the identity provider (one that hangs would hold it for
+FETCH_TIMEOUT); it is retried there with a backoff until it succeeds. Until then `keys()`
+raises `_KeysUnavailable` (the endpoints that need a token answer 503) and `problem` says
+why (for `/readyz`); only in the first FIRST_WAIT seconds does a request wait for the
+first attempt instead, so a gateway that just started does not refuse its first tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +32,7 @@ MAX_JWKS_BYTES = 1024 * 1024
 MAX_KEYS = 100
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # backoff while the first fetch fails
 FETCH_TIMEOUT = 10.0
+FIRST_WAIT = 2.0  # seconds after start during which a token waits for the first fetch
 MIN_HS_SECRET = 32  # bytes; RFC 7518 3.2 wants a key at least the hash's size
 
 
@@ -134,19 +138,27 @@ class JwksCache:
         self._fetched_at: float | None = None  # the previous fetch attempt
         self._lock = asyncio.Lock()
         self._retry: asyncio.Task[None] | None = None
+        self._attempted = asyncio.Event()  # the first fetch has finished, either way
+        self._patient_until = 0.0  # loop time; see FIRST_WAIT
         self.problem: str | None = "JWKS not fetched yet"
         self.fetches = 0
 
     async def start(self) -> None:
-        """Fetch once; when that fails, keep retrying in a task `close()` ends."""
-        if not await self._fetch():
-            self._retry = asyncio.get_running_loop().create_task(self._retry_until_fetched())
+        """Fetch in the cache's own task (at once, then with a backoff until a fetch
+        succeeds), which `close()` ends: start-up does not wait on the provider."""
+        loop = asyncio.get_running_loop()
+        self._patient_until = loop.time() + FIRST_WAIT
+        self._retry = loop.create_task(self._fetch_until_loaded(), name="gateway-jwks-fetch")
 
     async def close(self) -> None:
         if self._retry is not None:
             self._retry.cancel()
             await asyncio.wait([self._retry])
             self._retry = None
+
+    async def first_attempt(self) -> None:
+        """Wait until the first fetch has finished, whatever its outcome."""
+        await self._attempted.wait()
 
     @property
     def loaded(self) -> bool:
@@ -157,6 +169,17 @@ class JwksCache:
         if self._keys is None:
             raise _KeysUnavailable(f"identity provider keys unavailable: {self.problem}")
         return self._keys
+
+    async def keys_soon(self) -> KeySet:
+        """`keys()`, but in the first FIRST_WAIT seconds after start a caller waits for the
+        first fetch (at most that long) rather than be refused while it is under way."""
+        if self._keys is None and not self._attempted.is_set():
+            left = self._patient_until - asyncio.get_running_loop().time()
+            if left > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self._attempted.wait()
+        return self.keys()
 
     async def refresh_for(self, kid: str) -> KeySet:
         """The keys, fetched again if `kid` is unknown and the last fetch is old enough."""
@@ -173,13 +196,15 @@ class JwksCache:
     def _may_fetch(self) -> bool:
         return self._fetched_at is None or self._clock() - self._fetched_at >= self._interval
 
-    async def _retry_until_fetched(self) -> None:
+    async def _fetch_until_loaded(self) -> None:
         delay = RETRY_FIRST
         while True:
-            await asyncio.sleep(delay)
             async with self._lock:
-                if await self._fetch():
-                    return
+                fetched = await self._fetch()
+            self._attempted.set()
+            if fetched:
+                return
+            await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
     async def _fetch(self) -> bool:
