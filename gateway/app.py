@@ -28,6 +28,7 @@ from . import (
     guard,
     health,
     jobs,
+    lane,
     logs,
     methods,
     openapi,
@@ -85,6 +86,7 @@ class Gateway:
         self.app.json = OrjsonProvider(self.app)
         self.app.config["MAX_CONTENT_LENGTH"] = self.config.gateway.max_request_bytes
         self._wire()
+        self.lane.seal()  # what the app holds now is the gateway's own (lane.py)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -162,6 +164,9 @@ class Gateway:
         self.stream = stream.register(self)  # /ws, raw ASGI in front of Quart
         dashboard.register(self)
         openapi.register(self)  # /_gateway/openapi.json
+        # Aggregate requests Quart's machinery adds nothing to are answered in front of it.
+        self.lane = lane.Lane(self, app.asgi_app, cors=bool(self.config.gateway.cors_origins))
+        app.asgi_app = self.lane  # type: ignore[method-assign]
         # Ambiguous framing (Content-Length + Transfer-Encoding) is refused before Quart runs.
         app.asgi_app = guard.FramingGuard(  # type: ignore[method-assign]
             app.asgi_app, lambda: self.config.gateway.strategy)

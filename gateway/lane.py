@@ -1,0 +1,239 @@
+"""The lane: aggregate requests answered on raw ASGI, without Quart's per-request machinery.
+
+For an aggregate endpoint (config or `@gw.aggregate`) the gateway uses none of what
+Quart does per request: the router, the ingress, the runner and the envelope are its
+own. Quart's request and app contexts, url adapter, hook walks and `Response` objects
+still cost ~300 µs of CPU per request, about a sixth of a 3-call fan-out
+(BENCHMARKS.md, "Latency"). So a request this lane can answer exactly as
+`Gateway._dispatch` would is answered here, and any other passes to Quart unchanged:
+
+- not HTTP; HEAD or OPTIONS (Quart's automatic HEAD, CORS preflights, `Allow`);
+  another method than the catch-all route's; a `root_path`;
+- a body (`Content-Length` above 0, `Transfer-Encoding`, or a first `http.request`
+  message that has bytes or more to come: Quart reads and caps it; the message is
+  replayed to it) or a `Prefer` header (`respond-async`: jobs);
+- a path our router does not serve (404, 405 with `Allow` and 400 are Quart's path);
+- an app someone extended through Quart itself (a route, a request hook, an error
+  handler or a request signal the gateway did not add): Quart must then see every
+  request, as it would rank a user's route above the catch-all. Checked once, at the
+  first request, when setup is over (Quart refuses setup after it).
+
+What the lane does is what Quart plus `_dispatch`, `health.observe` and the CORS hook
+do for such a request: the same `Headers` (title-cased names, `Remote-Addr`), the same
+`args`, the same answer and metrics, a disconnect cancels the work, and an unexpected
+error is the 500 envelope with the request id, logged; `tests/test_lane.py` holds them
+to it byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    HTTPScope,
+    Scope,
+)
+from quart import signals
+from werkzeug.datastructures import Headers, ImmutableMultiDict
+
+from . import envelope
+from .door import Door
+from .errors import RequestError
+from .ingress import HTTP
+from .logs import ROUTE_SCOPE_KEY
+from .result import Result, refusal, request_id, strategy_of
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+    from .app import Gateway
+    from .routing import Target
+
+log = logging.getLogger("gateway")
+
+ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Any]
+
+# The catch-all route's methods less OPTIONS; all known to the metrics' `method` label.
+LANE_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_PASS_HEADERS = frozenset({b"transfer-encoding", b"prefer"})
+_SIGNALS = (signals.request_started, signals.request_finished,
+            signals.request_tearing_down, signals.got_request_exception)
+
+
+def app_shape(app: Quart) -> tuple[int, ...]:
+    """What the app's setup added: routes, request hooks, error handlers, signals."""
+    hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs,
+             app.url_value_preprocessors, app.url_default_functions)
+    return (sum(1 for _ in app.url_map.iter_rules()),
+            *(sum(len(funcs) for funcs in hook.values()) for hook in hooks),
+            sum(len(by_code) for spec in app.error_handler_spec.values()
+                for by_code in spec.values()),
+            len(app.blueprints),
+            sum(bool(signal.receivers) for signal in _SIGNALS))
+
+
+class Lane:
+    """Raw ASGI in front of the Quart app (inside the framing guard and the client address)."""
+
+    def __init__(self, gw: Gateway, inner: ASGIApp, cors: bool) -> None:
+        self._gw = gw
+        self._inner = inner
+        self._cors = cors  # the app has the CORS hook (`Gateway._cors`), so the lane adds it
+        self._own: tuple[int, ...] = ()
+        self._open: bool | None = None  # decided at the first request
+
+    def seal(self) -> None:
+        """The gateway's own setup is done: what the app holds now is all its own."""
+        self._own = app_shape(self._gw.app)
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
+                       send: ASGISendCallable) -> None:
+        if scope["type"] == "http" and scope["method"] in LANE_METHODS and self.is_open():
+            routed = self._routed(scope)
+            if routed is not None:
+                # The body's first message says whether there is one (HTTP/2 and in-process
+                # clients send no `Content-Length`); a body goes to Quart with it replayed.
+                first = await receive()
+                if (first["type"] == "http.request" and not first.get("body")
+                        and not first.get("more_body")):
+                    await self._serve(scope, receive, send, *routed)
+                    return
+                receive = _replay(first, receive)
+        await self._inner(scope, receive, send)
+
+    def is_open(self) -> bool:
+        if self._open is None:
+            self._open = bool(self._own) and app_shape(self._gw.app) == self._own
+            if not self._open:
+                log.info("the app was extended through Quart: every request goes through it")
+        return self._open
+
+    def _routed(self, scope: HTTPScope) -> tuple[float, Target, dict[str, Any],
+                                                 Headers] | None:
+        started = time.perf_counter()
+        if scope.get("root_path"):
+            return None
+        headers = Headers()
+        headers["Remote-Addr"] = (scope.get("client") or ["<local>"])[0]
+        for raw_name, raw_value in scope["headers"]:
+            if raw_name in _PASS_HEADERS or (raw_name == b"content-length"
+                                             and raw_value.strip() != b"0"):
+                return None
+            headers.add(raw_name.decode("latin1").title(), raw_value.decode("latin1"))
+        if scope["http_version"] < "1.1":
+            headers.setdefault("Host", self._gw.app.config["SERVER_NAME"] or "")
+        path = scope["path"]
+        if not path.startswith("/"):
+            return None
+        try:
+            target, params = self._gw.router.match("/" + path.lstrip("/"), scope["method"])
+        except RequestError:
+            return None
+        return started, target, params, headers
+
+    async def _serve(self, scope: HTTPScope, receive: ASGIReceiveCallable,
+                     send: ASGISendCallable, started: float, target: Target,
+                     params: dict[str, Any], headers: Headers) -> None:
+        """Answer one request; a disconnect before the answer cancels the work (as Quart)."""
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+        watch = asyncio.ensure_future(_watch(receive, task, gone))
+        try:
+            result = await self._answer(scope, started, target, params, headers)
+            await self._send(scope, send, result, headers, started, target)
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # the server's cancellation, not the client's disconnect
+            task.uncancel()
+        finally:
+            watch.cancel()
+
+    async def _answer(self, scope: HTTPScope, started: float, target: Target,
+                      params: dict[str, Any], headers: Headers) -> Result:
+        gw, method = self._gw, scope["method"]
+        path = "/" + scope["path"].lstrip("/")
+        args = ImmutableMultiDict(parse_qsl(scope["query_string"].decode(),
+                                            keep_blank_values=True,
+                                            errors="werkzeug.url_quote"))
+        client = scope.get("client")
+        door = Door(HTTP, method, path, args, headers, read=_no_body, started=started,
+                    peer=str(client[0]) if client else None, target=target, params=params)
+        try:
+            try:
+                admitted = await gw.ingress.admit(door)
+            except RequestError as error:
+                return gw.ingress.refusal(door, error)
+            try:
+                result = await gw.run(admitted.target, admitted.ctx)
+            finally:
+                door.close()
+        except Exception as error:  # a bug: the 500 envelope, never a traceback (as Quart)
+            rid = request_id(headers)
+            log.error("unhandled error (request id %s)", rid, exc_info=error)
+            return refusal(500, f"internal error (request id {rid})", request_id=rid,
+                           strategy=strategy_of(headers, gw.config.gateway.strategy),
+                           started=time.perf_counter())
+        if 200 <= result.status < 300 and door.response_headers:  # `RateLimit` (SPEC 9)
+            result = Result(result.status, result.body,
+                            {**result.headers, **door.response_headers})
+        return result
+
+    async def _send(self, scope: HTTPScope, send: ASGISendCallable, result: Result,
+                    headers: Headers, started: float, target: Target) -> None:
+        body = envelope.dumps(result.body)
+        out = Headers(result.headers)
+        out["Content-Type"] = "application/json"
+        out["Content-Length"] = str(len(body))
+        if self._cors:
+            cors = self._gw.origins.reply_headers(headers)
+            if cors:
+                out.update(cors)
+                out["Vary"] = "Origin"
+        endpoint = str(target.route)
+        scope[ROUTE_SCOPE_KEY] = endpoint  # type: ignore[literal-required]  # logs.py
+        runtime = self._gw.runtime
+        if runtime is not None:
+            runtime.metrics.request(endpoint, scope["method"], result.status,
+                                    time.perf_counter() - started)
+        await send({"type": "http.response.start", "status": result.status,
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in out.items()]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _watch(receive: ASGIReceiveCallable, task: asyncio.Task[Any],
+                 gone: asyncio.Event) -> None:
+    """Cancel `task` when the client disconnects (Quart's receiver task does the same)."""
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                task.cancel()
+                return
+
+
+def _replay(first: ASGIReceiveEvent, receive: ASGIReceiveCallable) -> ASGIReceiveCallable:
+    """`receive` that first gives back the message the lane already took."""
+    pending: list[ASGIReceiveEvent] = [first]
+
+    async def replayed() -> ASGIReceiveEvent:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+async def _no_body(_target: Target) -> bytes:
+    return b""
+
+
+__all__ = ["LANE_METHODS", "Lane", "app_shape"]
