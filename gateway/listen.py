@@ -57,8 +57,9 @@ async def serve_on(app: Any, config: Any, sockets: Any) -> None:
 
     from .serving import gateway_of, signalled_trigger
 
-    await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets,
-                       shutdown_trigger=signalled_trigger(gateway_of(app)))
+    with signalled_trigger(gateway_of(app)) as trigger:
+        await worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config,
+                           sockets=sockets, shutdown_trigger=trigger)
 
 
 def _valid(address: str) -> bool:

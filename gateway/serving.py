@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING, Any, cast
@@ -128,14 +128,17 @@ async def _serve(app: Any, config: Any, sockets: Any, shutdown_event: Event | No
             loop.remove_signal_handler(signum)
 
 
-def signalled_trigger(gw: Gateway | None) -> Callable[[], Awaitable[None]]:
+@contextlib.contextmanager
+def signalled_trigger(gw: Gateway | None) -> Iterator[Callable[[], Awaitable[None]]]:
     """A Hypercorn `shutdown_trigger` for SIGINT/SIGTERM that tells `gw` first.
 
-    The handlers are installed when it is made (call it on the running loop).
+    Its handlers are on the running loop inside the `with` only: once serving is over,
+    a Ctrl-C during the clean-up interrupts as usual instead of setting a spent event.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
         loop.add_signal_handler(signum, stop.set)
 
     async def trigger() -> None:
@@ -143,7 +146,11 @@ def signalled_trigger(gw: Gateway | None) -> Callable[[], Awaitable[None]]:
         if gw is not None:
             gw.going_away()
 
-    return trigger
+    try:
+        yield trigger
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 def gateway_of(app: Any) -> Gateway | None:

@@ -13,6 +13,15 @@
   instead, and stop for good if the new config is broken). SIGINT/SIGTERM set
   the shutdown event the workers watch: they stop gracefully and are not replaced.
 
+Signals: the master's handlers are in place from its first instant and never swapped out,
+so no signal to it is lost, whenever it comes. A worker ignores SIGINT (a Ctrl-C reaches
+the whole process group; the master decides) and SIGHUP until its app's handler is up. A
+worker forks from the fork server, not from the master, and gets that from it: the fork
+server is started with SIGINT and SIGHUP blocked (`pthread_sigmask`; a blocked signal
+stays pending, where swapping the master's handler for SIG_IGN would drop it), which it and
+every worker inherit, and a worker unblocks them only once it ignores them (`_worker`),
+as CPython's own resource tracker does.
+
 The master also sets `PROMETHEUS_MULTIPROC_DIR` to a fresh directory (unless already set)
 so that `/metrics`, in whichever worker answers, adds up every worker's values; it is
 removed at exit, and a dead worker's live gauges are dropped from it.
@@ -28,8 +37,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import forkserver, get_context
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -37,6 +47,7 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 from . import logs
+from .listen import close_sockets
 from .serving import run_worker
 
 log = logging.getLogger("gateway.supervisor")
@@ -46,6 +57,7 @@ RESTART_FIRST = 0.5  # seconds before replacing a worker that died young
 RESTART_MAX = 30.0  # the delay doubles per young death up to this
 STABLE_AFTER = 30.0  # a worker that lived this long resets the delay
 PRELOAD = "gateway.app"  # imported once by the fork server, not by every new worker
+_WORKER_IGNORES = frozenset({signal.SIGINT, signal.SIGHUP})
 
 
 @dataclass(slots=True)
@@ -108,7 +120,7 @@ def _single(config: Any) -> int:
     try:
         run_worker(config, sockets)
     finally:
-        _close(sockets)
+        close_sockets(sockets)
     return 0
 
 
@@ -143,25 +155,24 @@ class _Master:
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         old_wakeup = signal.set_wakeup_fd(wake_w)  # a signal also ends the wait() below
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # SIGTERM is handled from the start: a default-action death while the first workers
-        # start (seconds: the fork server imports the app) would skip the `finally` below
-        # and leave them serving with nobody to stop them.
+        # Handled from the start: a default-action death while the first workers start
+        # (seconds: the fork server imports the app) would skip the `finally` below and
+        # leave them serving with nobody to stop them; an ignored Ctrl-C would be lost.
         signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
         try:
             for _ in range(self.config.workers):
                 if self.stop.is_set():
                     break
                 self._spawn()
-            signal.signal(signal.SIGINT, self._on_stop)
-            signal.signal(signal.SIGHUP, self._on_hup)
             self._loop(wake_r)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for process in self.workers:
                 process.terminate()
                 process.join()
-            _close(self.sockets)
+            close_sockets(self.sockets)
             os.close(wake_r)
             os.close(wake_w)
             if own_dir is not None:
@@ -208,17 +219,12 @@ class _Master:
         self.due.append(time.monotonic() + delay)
 
     def _spawn(self) -> None:
-        process = self.ctx.Process(target=run_worker, kwargs={
+        process = self.ctx.Process(target=_worker, kwargs={
             "config": self.config, "sockets": self.sockets, "shutdown_event": self.stop})
         process.daemon = self.config.daemon
-        # The worker inherits "ignore" for these (an exec keeps ignored signals ignored, not
-        # handlers): SIGINT is the master's to act on, SIGHUP the app's once it is up.
-        saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
-        try:
-            process.start()
-        finally:
-            for signum, handler in saved.items():
-                signal.signal(signum, handler)
+        with _blocked(_WORKER_IGNORES):  # if the fork server (re)starts now: see the top
+            forkserver.ensure_running()
+        process.start()
         self.workers[process] = time.monotonic()
         log.info("worker %s started", process.pid)
 
@@ -247,9 +253,23 @@ def _log_format() -> str:
         return "text"  # the workers will say what is wrong
 
 
-def _close(sockets: Any) -> None:
-    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-        sock.close()
+@contextlib.contextmanager
+def _blocked(signals: frozenset[signal.Signals]) -> Iterator[None]:
+    """Hold `signals` pending in this thread (and in a process it starts) meanwhile."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _worker(config: Any, sockets: Any, shutdown_event: Event) -> None:
+    """A worker process: ignore SIGINT and SIGHUP before taking them off the blocked set it
+    was born with (so none of them can kill it first), then serve."""
+    for signum in _WORKER_IGNORES:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
+    run_worker(config, sockets, shutdown_event)
 
 
 def _forget(process: BaseProcess) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from support import HypercornFactory, UpstreamFactory, call, endpoint, make_config, reply
 
-from gateway.serving import CloseWhenDraining, Drain, Message, Scope
+from gateway.serving import CloseWhenDraining, Drain, Message, Scope, signalled_trigger
 
 CONFIG = make_config({"up": "http://127.0.0.1:1"}, endpoint("/r", call("c", "up")))
 
@@ -92,3 +92,18 @@ async def test_the_listen_backlog_is_the_one_in_hypercorn_toml(
     listing = (await ss.communicate())[0].decode().split()
     assert listing[0] == "LISTEN"
     assert int(listing[2]) == min(2048, somaxconn())  # Send-Q of a listener: its backlog
+
+
+async def test_the_signal_trigger_takes_its_handlers_off_the_loop_when_serving_ends() -> None:
+    loop = asyncio.get_running_loop()
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with signalled_trigger(None) as trigger:
+            waiting = asyncio.ensure_future(trigger())
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the loop: ends the trigger
+            await asyncio.wait_for(waiting, 5)
+        for signum in before:  # gone: a later Ctrl-C is the process's again, not the loop's
+            assert not loop.remove_signal_handler(signum)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

@@ -214,3 +214,68 @@ async def test_sigterm_while_the_first_workers_start_leaves_no_process_behind(
     await eventually(lambda: not group_members(master), "the group's exit", server,
                      within=5.0)
     assert "Traceback" not in server.output()
+
+
+def signal_masks(pid: int) -> dict[str, int]:
+    """SigBlk, SigIgn and SigCgt of /proc/PID/status, as bit masks (bit n-1 = signal n)."""
+    fields = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    return {name: int(fields[name], 16) for name in ("SigBlk", "SigIgn", "SigCgt")}
+
+
+def has(mask: int, signum: int) -> bool:
+    return bool(mask & (1 << (signum - 1)))
+
+
+async def test_sigint_while_the_first_workers_start_stops_everything(
+    hypercorn_server: HypercornFactory,
+) -> None:
+    server = await hypercorn_server(CONFIG, command=WORKERS_2, ready=False)
+    master = server.process.pid
+    # The fork server is importing the app: the first spawn is under way for seconds.
+    await eventually(lambda: fork_server_of(master) is not None, "the fork server", server)
+    os.kill(master, signal.SIGINT)  # a Ctrl-C that reaches the master alone
+    try:
+        code = await asyncio.wait_for(server.process.wait(), 20)
+    except TimeoutError:
+        pytest.fail(f"the master did not stop within 20 s of SIGINT:\n{server.output()}")
+    assert code == 0, server.output()
+    await eventually(lambda: not group_members(master), "the group's exit", server,
+                     within=5.0)
+    assert "SIGINT: stopping" in server.output()
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_signal_during_a_respawn_stops_everything(
+    hypercorn_server: HypercornFactory, signum: signal.Signals,
+) -> None:
+    server, pids = await two_workers(hypercorn_server)
+    master = server.process.pid
+    masks = signal_masks(master)
+    for caught in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # never swapped out
+        assert has(masks["SigCgt"], caught)
+        assert not has(masks["SigBlk"] | masks["SigIgn"], caught)
+    for pid in pids:  # serving workers: SIGINT ignored, SIGHUP the app's, neither blocked
+        masks = signal_masks(pid)
+        assert has(masks["SigIgn"], signal.SIGINT)
+        assert has(masks["SigCgt"], signal.SIGHUP)
+        assert not has(masks["SigBlk"], signal.SIGINT)
+        assert not has(masks["SigBlk"], signal.SIGHUP)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    # The replacement's process exists and is loading the app, not serving yet.
+    await eventually(lambda: len(worker_pids(master) - pids) == 1, "the replacement", server,
+                     within=REPLACED_WITHIN)
+    assert not serving_pids(server.output()) - pids
+    os.kill(master, signum)
+    try:
+        code = await asyncio.wait_for(server.process.wait(), 20)
+    except TimeoutError:
+        pytest.fail(f"the master did not stop within 20 s of {signum.name}:\n"
+                    f"{server.output()}")
+    assert code == 0, server.output()
+    await eventually(lambda: not group_members(master), "the group's exit", server,
+                     within=5.0)
+    assert f"{signum.name}: stopping 2 workers gracefully" in server.output()
+    assert "Traceback" not in server.output()
