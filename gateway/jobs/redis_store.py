@@ -47,9 +47,10 @@ from .store import SECONDS, Execute, JobStore, Timing
 log = logging.getLogger("gateway.jobs")
 
 # After `grace`, how long stopping SAQ's worker (which records the jobs it cuts off) and
-# saying goodbye to Redis may each take: with Redis unreachable every command waits for its
-# socket timeout, and shutdown must not wait on that.
-STOP_TIMEOUT = 3 * SECONDS
+# then saying goodbye to Redis may take together: with Redis unreachable every command
+# waits for its socket timeout, and shutdown must not wait on that.
+STOP_TIMEOUT = 5 * SECONDS
+CANCEL_WAIT = 1 * SECONDS  # then for what was cancelled again to end
 
 _KNOWN_ERRORS = frozenset({CANCELED, LOST, SHUTDOWN, SHUTDOWN_QUEUED, TIMED_OUT})
 
@@ -135,28 +136,32 @@ class RedisStore(JobStore):
     async def close(self) -> None:
         self._closing = True
         self._queue.closing = True  # idle workers stop taking jobs
-        if self._worker is not None and self._worker_task is not None:
+        if self._running:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.timing.grace):
                     await self._idle.wait()
-            await self._stop_worker(self._worker, self._worker_task)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + STOP_TIMEOUT
+        if self._worker is not None and self._worker_task is not None:
+            await self._stop_worker(self._worker, self._worker_task, give_up)
         try:
-            async with asyncio.timeout(STOP_TIMEOUT):
+            async with asyncio.timeout_at(give_up):
                 await self._queue.disconnect()
         except (RedisError, TimeoutError) as exc:  # Redis is down: no goodbyes, close sockets
             log.warning("jobs: closing the Redis connection: %s",
                         str(exc) or f"no answer within {STOP_TIMEOUT:g} s")
             await self._redis.aclose()
 
-    async def _stop_worker(self, worker: GatewayWorker, task: asyncio.Task[None]) -> None:
+    async def _stop_worker(self, worker: GatewayWorker, task: asyncio.Task[None],
+                           give_up: float) -> None:
         """SAQ cancels what still runs and `GatewayQueue._retry` records it as shut down.
 
-        SAQ waits for its tasks with no limit; after STOP_TIMEOUT the ones left (stuck on an
-        unreachable Redis) are cancelled again, so its stop completes, and are logged.
+        SAQ waits for its tasks with no limit; at `give_up` (loop time) the ones left (stuck
+        on an unreachable Redis) are cancelled again, so its stop completes, and are logged.
         """
         tasks = {*worker.tasks, task}
         stopping = asyncio.create_task(worker.stop(), name="gateway-jobs-worker-stop")
-        await asyncio.wait([stopping], timeout=STOP_TIMEOUT)
+        await asyncio.wait([stopping], timeout=give_up - asyncio.get_running_loop().time())
         if not stopping.done():
             cut_off = sorted(job.key[:8] for job in worker.job_task_contexts)
             left = [t for t in tasks if not t.done()]
@@ -168,7 +173,7 @@ class RedisStore(JobStore):
                       "is stale",
                       STOP_TIMEOUT, len(left), len(cut_off),
                       f" ({', '.join(cut_off)})" if cut_off else "")
-        done, pending = await asyncio.wait([stopping, task], timeout=STOP_TIMEOUT)
+        done, pending = await asyncio.wait([stopping, task], timeout=CANCEL_WAIT)
         for t in pending:  # SAQ ignored a second cancel: nothing more to wait for
             t.cancel()
         for t in done:
