@@ -191,14 +191,13 @@ class Lane:
     async def _send(self, scope: HTTPScope, send: ASGISendCallable, result: Result,
                     headers: Headers, started: float, target: Target) -> None:
         body = envelope.dumps(result.body)
-        out = Headers(result.headers)
-        out["Content-Type"] = "application/json"
-        out["Content-Length"] = str(len(body))
+        # As Quart's Response writes them: the result's, then the body's, then CORS.
+        out = [*result.headers.items(), ("Content-Type", "application/json"),
+               ("Content-Length", str(len(body)))]
         if self._cors:
             cors = self._gw.origins.reply_headers(headers)
             if cors:
-                out.update(cors)
-                out["Vary"] = "Origin"
+                out += [*cors.items(), ("Vary", "Origin")]
         endpoint = str(target.route)
         scope[ROUTE_SCOPE_KEY] = endpoint  # type: ignore[literal-required]  # logs.py
         runtime = self._gw.runtime
@@ -206,7 +205,7 @@ class Lane:
             runtime.metrics.request(endpoint, scope["method"], result.status,
                                     time.perf_counter() - started)
         await send({"type": "http.response.start", "status": result.status,
-                    "headers": [(k.lower().encode(), v.encode()) for k, v in out.items()]})
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in out]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
