@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import statistics
@@ -29,6 +30,8 @@ from harness import LOAD_CPUS, BenchError, Procs, Server
 CALL_MS = 50.0
 STRATEGY_DELAYS = "a=100,b=200,c=300"
 IDEAL_SPEEDUP = (100 + 200 + 300) / 300
+ROUNDS = 4  # the overhead's requests, in alternating rounds over all servers
+TUNED_GOAL = 0.8  # the gateway's overhead over a direct call / quart_tuned's (issue 14 item 2)
 
 
 class Client:
@@ -77,7 +80,21 @@ def sample(base: str, path: str, n: int, headers: dict[str, str] | None = None) 
         "p50_ms": statistics.median(times),
         "p99_ms": percentile(times, 99),
         "min_ms": min(times),
+        "times": times,
         "bodies": bodies,
+    }
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One sample of several rounds' samples."""
+    times = [t for p in parts for t in p["times"]]
+    return {
+        "n": len(times),
+        "errors": sum(p["errors"] for p in parts),
+        "p50_ms": statistics.median(times),
+        "p99_ms": percentile(times, 99),
+        "min_ms": min(times),
+        "bodies": [b for p in parts for b in p["bodies"]],
     }
 
 
@@ -94,28 +111,37 @@ def _meta(bodies: list[bytes]) -> list[dict[str, Any]]:
     return metas
 
 
-def overhead(servers: list[Server], n: int) -> dict[str, Any]:
+def overhead(servers: list[Server], n: int, rounds: int = ROUNDS) -> dict[str, Any]:
+    """All servers up at once, sampled in alternating rounds (n / rounds requests each), so
+    that a drift of a shared machine lands on every server alike."""
     rows: list[dict[str, Any]] = []
-    with Procs() as procs:
+    with Procs() as procs, contextlib.ExitStack() as running:
         upstream = harness.start_upstream(
             procs, "upstream-50ms", f"a={CALL_MS},b={CALL_MS},c={CALL_MS}"
         )
-        direct = sample(upstream, "/a/1", n)
-        rows.append({"name": "direct upstream call", **direct})
+        bases: dict[str, str] = {"direct upstream call": upstream}
         for server in servers:
             reason = server.unavailable()
             if reason:
                 print(f"  {server.name}: skipped ({reason})", file=sys.stderr)
                 rows.append({"name": server.name, "skipped": reason})
                 continue
-            print(f"  {server.name}: {n} sequential requests ...", file=sys.stderr, flush=True)
             try:
-                with harness.running(procs, server, upstream) as (_, base):
-                    result = sample(base, "/fanout/1", n)
+                _, bases[server.name] = running.enter_context(
+                    harness.running(procs, server, upstream))
             except BenchError as exc:
                 print(f"  {server.name}: FAILED: {exc}", file=sys.stderr)
                 rows.append({"name": server.name, "skipped": exc.summary})
-                continue
+        per_round = max(1, n // rounds)
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name in bases}
+        for i in range(rounds):
+            print(f"  round {i + 1}/{rounds}: {per_round} sequential requests each ...",
+                  file=sys.stderr, flush=True)
+            for name, base in bases.items():
+                path = "/a/1" if name == "direct upstream call" else "/fanout/1"
+                samples[name].append(sample(base, path, per_round))
+        for name, parts in samples.items():
+            result = _merged(parts)
             processing = [
                 m["processing_time_ms"]
                 for m in _meta(result["bodies"])
@@ -123,9 +149,11 @@ def overhead(servers: list[Server], n: int) -> dict[str, Any]:
             ]
             if processing:
                 result["reported_processing_p50_ms"] = statistics.median(processing)
-            rows.append({"name": server.name, **result})
+            rows.insert(len([r for r in rows if "p50_ms" in r]), {"name": name, **result})
+    direct = next(r for r in rows if r["name"] == "direct upstream call")
     for row in rows:
         row.pop("bodies", None)
+        row.pop("times", None)
         if "p50_ms" in row:
             row["overhead_p50_ms"] = row["p50_ms"] - CALL_MS
             row["overhead_vs_direct_ms"] = row["p50_ms"] - direct["p50_ms"]
@@ -154,7 +182,15 @@ def overhead(servers: list[Server], n: int) -> dict[str, Any]:
             table,
         )
     )
-    return {"call_ms": CALL_MS, "rows": rows}
+    by_name = {r["name"]: r for r in rows if "overhead_vs_direct_ms" in r}
+    gateway, tuned = by_name.get("gateway"), by_name.get("quart-httpx-aiohttp")
+    out: dict[str, Any] = {"call_ms": CALL_MS, "rows": rows}
+    if gateway and tuned and tuned["overhead_vs_direct_ms"] > 0:
+        ratio = gateway["overhead_vs_direct_ms"] / tuned["overhead_vs_direct_ms"]
+        out["gateway_over_quart_tuned"] = ratio
+        met = "met" if ratio <= TUNED_GOAL else "not met"
+        print(f"\ngateway's overhead / quart_tuned's: {ratio:.2f}x (goal <= {TUNED_GOAL}x: {met})")
+    return out
 
 
 def strategies(gateway: Server, n: int) -> dict[str, Any]:
