@@ -7,8 +7,10 @@ still cost ~300 µs of CPU per request, about a sixth of a 3-call fan-out
 (BENCHMARKS.md, "Latency"). So a request this lane can answer exactly as
 `Gateway._dispatch` would is answered here, and any other passes to Quart unchanged:
 
-- not HTTP; HEAD or OPTIONS (Quart's automatic HEAD, CORS preflights, `Allow`);
-  another method than the catch-all route's; a `root_path`;
+- not HTTP/1.x (HTTP/2 and 3 may send a body without `Content-Length`: waiting for
+  its first message would hold a stream that Quart answers at once); HEAD or OPTIONS
+  (Quart's automatic HEAD, CORS preflights, `Allow`); another method than the
+  catch-all route's; a `root_path`;
 - a body (`Content-Length` above 0, `Transfer-Encoding`, or a first `http.request`
   message that has bytes or more to come: Quart reads and caps it; the message is
   replayed to it) or a `Prefer` header (`respond-async`: jobs);
@@ -64,6 +66,7 @@ ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Any]
 
 # The catch-all route's methods less OPTIONS; all known to the metrics' `method` label.
 LANE_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_HTTP1 = frozenset({"1.0", "1.1"})
 _PASS_HEADERS = frozenset({b"transfer-encoding", b"prefer"})
 _SIGNALS = (signals.request_started, signals.request_finished,
             signals.request_tearing_down, signals.got_request_exception)
@@ -97,11 +100,13 @@ class Lane:
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
                        send: ASGISendCallable) -> None:
-        if scope["type"] == "http" and scope["method"] in LANE_METHODS and self.is_open():
+        if (scope["type"] == "http" and scope["method"] in LANE_METHODS
+                and scope["http_version"] in _HTTP1 and self.is_open()):
             routed = self._routed(scope)
             if routed is not None:
-                # The body's first message says whether there is one (HTTP/2 and in-process
-                # clients send no `Content-Length`); a body goes to Quart with it replayed.
+                # Without `Content-Length` or `Transfer-Encoding` an HTTP/1.x request has no
+                # body and its first message is there at once; an in-process client (Quart's
+                # test client) may still send one: it goes to Quart, the message replayed.
                 first = await receive()
                 if (first["type"] == "http.request" and not first.get("body")
                         and not first.get("more_body")):

@@ -216,3 +216,31 @@ async def test_a_bug_is_the_500_envelope_with_the_request_id_on_both_paths(
     assert answers[0] == answers[1] == (500, "internal error (request id bug-1)", None)
     assert caplog.text.count("a bug in a check") >= 2  # logged, with the traceback, not sent
     assert not up.seen
+
+
+async def test_an_http2_request_whose_body_is_still_coming_is_answered_at_once(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    """HTTP/2 needs no `Content-Length`: the lane must not wait for a body that may never
+    come (a stream held open), so such a request goes to Quart, which answers at once."""
+    up = await upstream()
+    gw = Gateway(_config(up))
+    await gateway_client(gw)  # started
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "2", "method": "GET",
+             "scheme": "http", "path": "/users/7", "raw_path": b"/users/7",
+             "query_string": b"tag=x", "root_path": "", "headers": [(b"host", b"x")],
+             "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80), "extensions": {}}
+    never = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()  # the body never comes
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(gw.app(scope, receive, send), 5)  # type: ignore[arg-type]
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 200
+    assert sorted(r.path for r in up.seen) == ["/q", "/u/7"]
