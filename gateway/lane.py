@@ -162,6 +162,8 @@ class Lane:
             task.uncancel()
         finally:
             watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch  # ends at once (cancelled, or it saw the disconnect): none left behind
 
     async def _answer(self, scope: HTTPScope, started: float, target: Target,
                       params: dict[str, Any], headers: Headers) -> Result:
@@ -182,20 +184,28 @@ class Lane:
                 result = await gw.run(admitted.target, admitted.ctx)
             finally:
                 door.close()
-        except Exception as error:  # a bug: the 500 envelope, never a traceback (as Quart)
-            rid = request_id(headers)
-            log.error("unhandled error (request id %s)", rid, exc_info=error)
-            return refusal(500, f"internal error (request id {rid})", request_id=rid,
-                           strategy=strategy_of(headers, gw.config.gateway.strategy),
-                           started=time.perf_counter())
+        except Exception as error:
+            return self._bug(headers, error)
         if 200 <= result.status < 300 and door.response_headers:  # `RateLimit` (SPEC 9)
             result = Result(result.status, result.body,
                             {**result.headers, **door.response_headers})
         return result
 
+    def _bug(self, headers: Headers, error: Exception) -> Result:
+        """A bug: the 500 envelope with the request id, logged; never a traceback (as Quart)."""
+        rid = request_id(headers)
+        log.error("unhandled error (request id %s)", rid, exc_info=error)
+        return refusal(500, f"internal error (request id {rid})", request_id=rid,
+                       strategy=strategy_of(headers, self._gw.config.gateway.strategy),
+                       started=time.perf_counter())
+
     async def _send(self, scope: HTTPScope, send: ASGISendCallable, result: Result,
                     headers: Headers, started: float, target: Target) -> None:
-        body = envelope.dumps(result.body)
+        try:
+            body = envelope.dumps(result.body)
+        except Exception as error:  # as `_respond` inside Quart's error handling
+            result = self._bug(headers, error)
+            body = envelope.dumps(result.body)
         # As Quart's Response writes them: the result's, then the body's, then CORS.
         out = [*result.headers.items(), ("Content-Type", "application/json"),
                ("Content-Length", str(len(body)))]

@@ -28,7 +28,7 @@ from support import (
     reply,
 )
 
-from gateway import Gateway
+from gateway import Fan, Gateway
 from gateway.ingress import Door, Ingress, Refusal
 
 # Per-request timings (and so the body's length): equal in shape, not in value.
@@ -244,3 +244,23 @@ async def test_an_http2_request_whose_body_is_still_coming_is_answered_at_once(
     assert sent[0]["type"] == "http.response.start"
     assert sent[0]["status"] == 200
     assert sorted(r.path for r in up.seen) == ["/q", "/u/7"]
+
+
+async def test_an_answer_that_cannot_be_encoded_is_the_500_envelope_on_both_paths(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    up = await upstream()
+    answers = []
+    for gw in (Gateway(_config(up)), _through_quart(Gateway(_config(up)))):
+
+        @gw.aggregate("/deep")
+        async def deep(fan: Fan) -> Any:
+            value: Any = 1
+            for _ in range(300):  # deeper than orjson encodes
+                value = [value]
+            return value
+
+        client = await gateway_client(gw)
+        response = await client.get("/deep", headers={"X-Request-ID": "deep-1"})
+        answers.append((response.status_code, (await response.get_json())["error"]))
+    assert answers[0] == answers[1] == (500, "internal error (request id deep-1)")
