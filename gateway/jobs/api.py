@@ -119,17 +119,17 @@ async def cancel(gw: Gateway, job_id: str) -> Response:
         view = await store.get(job_id) if valid_job_id(job_id) else None
         if view is not None and view.owner is not None and view.owner != caller:
             return _unknown()
-        view = await store.cancel(job_id) if view is not None else None
+        if view is not None and not view.finished:  # a finished job's verdict is final
+            view = await store.cancel(job_id)
     except JobsError as error:
         return _json({"error": str(error)}, 503, {"Retry-After": str(error.retry_after)})
     if view is None:
         return _unknown()
     if view.state != "canceled":  # it had finished: nothing to cancel
-        out = view.to_json()
-        out["error"] = f"the job already finished ({view.state}); nothing to cancel"
-        return _json(out, 409)
+        reason = f"the job already finished ({view.state}); nothing to cancel"
+        return _json(view.to_bytes(error=reason), 409)
     _count(gw, "canceled")
-    return _json(view.to_json(), 202)
+    return _json(view.to_bytes(), 202)
 
 
 async def publish_counts(runtime: Runtime) -> None:
