@@ -11,6 +11,15 @@ the window ends, as before issue 14; `idle` is the default, the batch also
 waits for an idle loop pass (up to `max_wait_ms`, 4 windows by default). The
 count of batch calls and keys comes from the gateway's own
 `gateway_upstream_batch_keys` histogram, read before and after each burst.
+
+The clients (burst.py), each over `--requests` connections warmed first: `held`
+writes the burst with the gateway stopped (SIGSTOP), so it finds all of it at
+once; `raw` writes every request before reading any answer; `aiohttp` and
+`httpx_each` (one httpx client per connection) are ordinary async clients firing
+with `asyncio.gather`; `httpx` is one httpx client over one pool, which spends ms
+of its own CPU per request and so sends them one by one. Per client: when the
+last request was written, its CPU per request, and connections it opened during
+the burst (0: the pool was warm).
 """
 
 from __future__ import annotations
@@ -67,28 +76,36 @@ def _batch_counts(base: str) -> tuple[float, float]:
     return value("count"), value("sum")
 
 
-def _one_burst(base: str, n: int, first_key: int, client: str, pgid: int) -> dict[str, Any]:
+def _fire(client: str, base: str, paths: list[str], pgid: int) -> burst.Fired:
     port = int(base.rsplit(":", 1)[1])
-    paths = [f"/pair/{first_key + 2 * i}/{first_key + 2 * i + 1}" for i in range(n)]
-    calls0, keys0 = _batch_counts(base)
     if client in ("held", "raw"):
         hold = pgid if client == "held" else None
-        coro = burst.timed_burst("127.0.0.1", port, paths, warm="/healthz", hold=hold)
-        answers, wall = asyncio.run(coro)
-        statuses = [status for status, _ in answers]
-    else:
-        statuses, wall = asyncio.run(burst.httpx_burst(base, paths, warm="/healthz"))
+        return asyncio.run(burst.raw_burst("127.0.0.1", port, paths, warm="/healthz", hold=hold))
+    fire = {
+        "aiohttp": burst.aiohttp_burst,
+        "httpx_each": burst.httpx_per_connection_burst,
+        "httpx": burst.httpx_burst,
+    }[client]
+    return asyncio.run(fire(base, paths, "/healthz"))
+
+
+def _one_burst(base: str, n: int, first_key: int, client: str, pgid: int) -> dict[str, Any]:
+    paths = [f"/pair/{first_key + 2 * i}/{first_key + 2 * i + 1}" for i in range(n)]
+    calls0, keys0 = _batch_counts(base)
+    fired = _fire(client, base, paths, pgid)
     calls1, keys1 = _batch_counts(base)
-    bad = sum(1 for status in statuses if status != 200)
     return {
         "calls": int(calls1 - calls0),
         "keys": int(keys1 - keys0),
-        "errors": bad,
-        "wall_ms": 1000 * wall,
+        "errors": sum(1 for status in fired.statuses if status != 200),
+        "wall_ms": 1000 * fired.wall,
+        "written_ms": 1000 * fired.written,
+        "client_cpu_us": 1e6 * fired.cpu / n,
+        "connects": fired.connects,
     }
 
 
-CLIENTS = ("held", "raw", "httpx")
+CLIENTS = ("held", "raw", "aiohttp", "httpx_each", "httpx")
 DESIGNS = ("fixed", "idle")
 
 
@@ -127,6 +144,9 @@ def run(bursts: int, requests: int, window_ms: float) -> list[dict[str, Any]]:
                 "calls_max": max(calls),
                 "keys_per_call": sum(r["keys"] for r in rs) / max(sum(calls), 1),
                 "wall_ms_median": statistics.median(r["wall_ms"] for r in rs),
+                "written_ms_median": statistics.median(r["written_ms"] for r in rs),
+                "client_cpu_us_median": statistics.median(r["client_cpu_us"] for r in rs),
+                "connects": sum(r["connects"] for r in rs),
                 "errors": sum(r["errors"] for r in rs),
                 "loadavg": [load_before, os.getloadavg()[0]],
             }
@@ -138,7 +158,9 @@ def table(rows: list[dict[str, Any]], requests: int, window_ms: float) -> str:
     clients = {
         "held": "arrive at once (server held)",
         "raw": "all written at once",
-        "httpx": "httpx.AsyncClient, gather",
+        "aiohttp": "aiohttp.ClientSession, gather",
+        "httpx_each": "httpx, a client per connection",
+        "httpx": "httpx, one client (one pool)",
     }
     titles = {
         "fixed": f"fixed {window_ms:g} ms window (before)",
@@ -151,7 +173,10 @@ def table(rows: list[dict[str, Any]], requests: int, window_ms: float) -> str:
             f"{r['calls_median']:g}",
             str(r["calls_max"]),
             f"{r['keys_per_call']:.1f}",
+            f"{r['written_ms_median']:.1f}",
+            f"{r['client_cpu_us_median']:.0f}",
             f"{r['wall_ms_median']:.1f}",
+            str(r["connects"]),
             str(r["errors"]),
         ]
         for r in rows
@@ -162,7 +187,10 @@ def table(rows: list[dict[str, Any]], requests: int, window_ms: float) -> str:
         "calls/burst (median)",
         "max",
         "keys/call",
-        "burst ms (median)",
+        "last written ms",
+        "client CPU us/req",
+        "burst ms",
+        "new conns",
         "errors",
     ]
     return (

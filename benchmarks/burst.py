@@ -1,19 +1,26 @@
 """A burst: N requests written at once over N warm keep-alive connections (issue 14 item 4).
 
-Used by benchmarks/batching.py and tests/test_batch_burst.py. Each connection is
+Used by benchmarks/batching.py and tests/test_batch.py. Each connection is
 opened and warmed with one request first (so no connect or first-request cost
 falls inside the burst); then every request is written before any answer is
 read, which is what "20 requests fired at once" means to the server: they all
 arrive within a fraction of a millisecond.
+
+The same burst from ordinary async clients, for comparison: aiohttp (one
+session), httpx with one client per connection, and httpx with one client (one
+pool), whose own CPU per request spreads the requests out (`httpx_burst`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 
+import aiohttp
 import h11
 import httpx
 
@@ -82,13 +89,22 @@ async def timed_burst(
     host: str, port: int, paths: list[str], warm: str, hold: int | None = None
 ) -> tuple[list[tuple[int, bytes]], float]:
     """`burst`, and the seconds from the first request written to the last answer read."""
+    answers, wall, _, _ = await _raw(host, port, paths, warm, hold)
+    return answers, wall
+
+
+async def _raw(
+    host: str, port: int, paths: list[str], warm: str, hold: int | None
+) -> tuple[list[tuple[int, bytes]], float, float, float]:
+    """-> (answers, seconds to the last answer, seconds to the last request written,
+    CPU seconds of the burst)."""
     conns = [await Connection.open(host, port) for _ in paths]
     try:
         for conn in conns:
             status, body = await conn.get(warm)
             if status != 200:
                 raise RuntimeError(f"warm-up {warm} answered {status}: {body[:200]!r}")
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         if hold is not None:
             os.killpg(hold, signal.SIGSTOP)
         try:
@@ -97,20 +113,109 @@ async def timed_burst(
         finally:
             if hold is not None:
                 os.killpg(hold, signal.SIGCONT)
+        written = time.perf_counter() - start
         answers = list(await asyncio.gather(*(conn.receive() for conn in conns)))
-        return answers, time.perf_counter() - start
+        return answers, time.perf_counter() - start, written, time.process_time() - cpu
     finally:
         for conn in conns:
             await conn.close()
 
 
-async def httpx_burst(base: str, paths: list[str], warm: str) -> tuple[list[int], float]:
-    """The same burst from an httpx.AsyncClient (`asyncio.gather` over a warm pool of
-    len(paths) connections): a client that takes ~0.2 ms of its own CPU per request, so
-    the requests reach the server spread out. -> (statuses, seconds)."""
+@dataclass
+class Fired:
+    """What a client did in one burst, besides the answers."""
+
+    statuses: list[int]
+    wall: float  # seconds, first request started to last answer read
+    written: float  # seconds, first request started to last request's bytes written
+    cpu: float  # this process's CPU seconds over the burst (process_time)
+    connects: int  # connections opened during the burst: 0 when the pool was warm
+
+
+async def raw_burst(host: str, port: int, paths: list[str], warm: str,
+                    hold: int | None = None) -> Fired:
+    """`timed_burst` as a `Fired`."""
+    answers, wall, written, cpu = await _raw(host, port, paths, warm, hold)
+    return Fired([status for status, _ in answers], wall, written, cpu, 0)
+
+
+async def httpx_burst(base: str, paths: list[str], warm: str) -> Fired:
+    """The burst from one httpx.AsyncClient (`asyncio.gather` over its pool of
+    len(paths) connections, warmed by `warm` on each).
+
+    httpcore 1.0's pool walks every connection and queued request on each request
+    it assigns (and polls each idle socket), so at 20 in flight this client spends
+    ~3 ms of CPU per request before it writes it: the requests leave it one by one."""
     limits = httpx.Limits(max_connections=len(paths), max_keepalive_connections=len(paths))
     async with httpx.AsyncClient(base_url=base, limits=limits, trust_env=False) as client:
         await asyncio.gather(*(client.get(warm) for _ in paths))
-        start = time.perf_counter()
-        responses = await asyncio.gather(*(client.get(p) for p in paths))
-        return [r.status_code for r in responses], time.perf_counter() - start
+        return await _httpx_fire([client] * len(paths), paths)
+
+
+async def httpx_per_connection_burst(base: str, paths: list[str], warm: str) -> Fired:
+    """The burst from len(paths) httpx.AsyncClients of one warm connection each, so
+    that no pool has more than one connection to walk: httpx fired at once."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base, limits=limits, trust_env=False))
+            for _ in paths
+        ]
+        await asyncio.gather(*(client.get(warm) for client in clients))
+        return await _httpx_fire(clients, paths)
+
+
+async def _httpx_fire(clients: list[httpx.AsyncClient], paths: list[str]) -> Fired:
+    written: list[float] = []
+    connects = 0
+
+    async def trace(event: str, info: dict[str, object]) -> None:
+        nonlocal connects
+        if event == "http11.send_request_body.complete":
+            written.append(time.perf_counter())
+        elif event == "connection.connect_tcp.started":
+            connects += 1
+
+    requests = [client.build_request("GET", path, extensions={"trace": trace})
+                for client, path in zip(clients, paths, strict=True)]
+    cpu, start = time.process_time(), time.perf_counter()
+    responses = await asyncio.gather(
+        *(client.send(request) for client, request in zip(clients, requests, strict=True)))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Fired([r.status_code for r in responses], wall, max(written) - start, cpu,
+                 connects)
+
+
+async def aiohttp_burst(base: str, paths: list[str], warm: str) -> Fired:
+    """The burst from one aiohttp.ClientSession (`asyncio.gather` over a pool of
+    len(paths) connections, warmed by `warm` on each)."""
+    written: list[float] = []
+    connects = 0
+
+    async def on_sent(session: object, context: object, params: object) -> None:
+        written.append(time.perf_counter())
+
+    async def on_connect(session: object, context: object, params: object) -> None:
+        nonlocal connects
+        connects += 1
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_headers_sent.append(on_sent)
+    tracing.on_connection_create_start.append(on_connect)
+    connector = aiohttp.TCPConnector(limit=len(paths))
+    async with aiohttp.ClientSession(base, connector=connector,
+                                     trace_configs=[tracing]) as session:
+
+        async def get(path: str) -> int:
+            async with session.get(path) as response:
+                await response.read()
+                return response.status
+
+        await asyncio.gather(*(get(warm) for _ in paths))
+        written.clear()
+        connects = 0
+        cpu, start = time.process_time(), time.perf_counter()
+        statuses = await asyncio.gather(*(get(path) for path in paths))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Fired(list(statuses), wall, max(written) - start, cpu, connects)
