@@ -5,10 +5,11 @@ open batch; it goes out as one `GET {path}?{param}=k1,k2,...` (keys deduplicated
 percent-encoded) through the upstream's usual call (breaker, retries, timeout, pool cap)
 as soon as it holds `max_size` keys, or once `window_ms` has passed and the event loop
 is idle: a burst of requests that keeps the worker busy past the window still has keys
-on their way to the batcher, so the batch waits for one loop pass that ran nothing else
-(the loop drained its ready queue), up to `max_wait_ms` after it opened. Each caller
-then gets the item whose `key` field equals its key, compared as text; a key without an
-item is a failed call with status 404, and a failed batch call fails every call in it.
+on their way to the batcher, so the batch waits for a few loop passes in a row that ran
+nothing else (the loop drained its ready queue), up to `max_wait_ms` after it opened.
+Each caller then gets the item whose `key` field equals its key, compared as text; a key
+without an item is a failed call with status 404, and a failed batch call fails every
+call in it.
 
 Calls are only batched with calls that send the same headers, request id and trace
 headers aside (an `authorization` allowlisted in `forward_headers` must never be sent on
@@ -35,11 +36,15 @@ from .pipeline import Reply
 
 Send = Callable[[str, Headers], Awaitable[Reply]]
 
-# A loop pass (call_soon to its callback) shorter than this ran nothing but the batcher's
+# A loop pass (call_soon to its callback) shorter than this ran little but the batcher's
 # check: no request is being parsed or handled, so no key is on its way. Busy passes of a
 # burst take far longer (each request's steps cost 50+ us); a pass that is slow for
 # another reason only makes the batch wait longer, up to max_wait_ms.
 IDLE_PASS_S = 0.0002
+# Passes in a row that must be that short: a request just read from its socket first goes
+# through tiny hops (task wake-ups from Hypercorn's reader to its protocol), each pass as
+# short as an idle one (measured: 15 us), before its first real step.
+IDLE_PASSES = 3
 # max_wait_ms, when not configured: this many windows.
 WAIT_WINDOWS = 4
 
@@ -95,15 +100,17 @@ class Batcher:
             raise
 
     def _settle(self, group: tuple[tuple[str, str], ...], batch: _Open,
-                asked: float | None) -> None:
+                asked: float | None, quiet: int = 0) -> None:
         """The window is over (`asked` None) or a loop pass asked at `asked` has run:
-        send the batch if that pass was idle or the batch has waited `max_wait`, else
-        look again after the next pass."""
+        send the batch once `IDLE_PASSES` passes in a row were idle or the batch has
+        waited `max_wait`, else look again after the next pass."""
         now = time.perf_counter()
-        if now >= batch.deadline or (asked is not None and now - asked < IDLE_PASS_S):
+        quiet = quiet + 1 if asked is not None and now - asked < IDLE_PASS_S else 0
+        if now >= batch.deadline or quiet >= IDLE_PASSES:
             self._flush(group, batch)
         elif self._open.get(group) is batch:
-            batch.timer = asyncio.get_running_loop().call_soon(self._settle, group, batch, now)
+            batch.timer = asyncio.get_running_loop().call_soon(
+                self._settle, group, batch, now, quiet)
 
     def _flush(self, group: tuple[tuple[str, str], ...], batch: _Open) -> None:
         if self._open.get(group) is not batch:
