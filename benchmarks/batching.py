@@ -1,6 +1,6 @@
 """Batching under a burst (issue 14 item 4): how many upstream batch calls carry its keys?
 
-    python benchmarks/batching.py [--bursts 10] [--requests 20] [--window-ms 5]
+    python benchmarks/batching.py [--bursts 10] [--requests 20] [--window-ms 5] [--steady-s 4]
 
 `--requests` requests (default 20), 2 keys each (`GET /pair/<a>/<b>`, two keyed
 calls), are written at once over as many warm keep-alive connections
@@ -19,7 +19,9 @@ once; `raw` writes every request before reading any answer; `aiohttp` and
 with `asyncio.gather`; `httpx` is one httpx client over one pool, which spends ms
 of its own CPU per request and so sends them one by one. Per client: when the
 last request was written, its CPU per request, and connections it opened during
-the burst (0: the pool was warm).
+the burst (0: the pool was warm). Then, under steady load (`--steady-s` seconds of
+wrk at 1 and 32 connections on `/fanout/<id>`, one key a request), what waiting for
+an idle loop costs a worker that is never idle.
 """
 
 from __future__ import annotations
@@ -109,7 +111,33 @@ CLIENTS = ("held", "raw", "aiohttp", "httpx_each", "httpx")
 DESIGNS = ("fixed", "idle")
 
 
-def run(bursts: int, requests: int, window_ms: float) -> list[dict[str, Any]]:
+STEADY_CONNECTIONS = (1, 32)
+
+
+def _steady(running: dict[str, tuple[harness.Proc, str]], seconds: float) -> list[dict[str, Any]]:
+    """wrk on /fanout/<id> (one key a request, ids 1..1000), each design in turn twice
+    (means of the two): what waiting for an idle loop costs a worker never idle."""
+    runs: dict[tuple[int, str], list[dict[str, float]]] = {}
+    for connections in STEADY_CONNECTIONS:
+        for turn in range(2):
+            for name in DESIGNS if turn == 0 else DESIGNS[::-1]:
+                base = running[name][1]
+                calls0, keys0 = _batch_counts(base)
+                result = harness.wrk(f"{base}/fanout/1", seconds, connections=connections)
+                calls1, keys1 = _batch_counts(base)
+                runs.setdefault((connections, name), []).append(
+                    {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+                     "keys_per_call": (keys1 - keys0) / max(calls1 - calls0, 1),
+                     "errors": result.errors})
+    return [
+        {"connections": connections, "name": name, "runs": rs,
+         **{k: statistics.mean(r[k] for r in rs) for k in rs[0]}}
+        for (connections, name), rs in runs.items()
+    ]
+
+
+def run(bursts: int, requests: int, window_ms: float,
+        steady_s: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     load_before = os.getloadavg()[0]
     results: dict[tuple[str, str], list[dict[str, Any]]] = {
         (c, d): [] for c in CLIENTS for d in DESIGNS
@@ -132,6 +160,7 @@ def run(bursts: int, requests: int, window_ms: float) -> list[dict[str, Any]]:
                     key += 2 * requests
                     if i:
                         results[client, name].append(result)
+        steady = _steady(running, steady_s) if steady_s > 0 else []
     rows = []
     for (client, name), rs in results.items():
         calls = [r["calls"] for r in rs]
@@ -151,7 +180,7 @@ def run(bursts: int, requests: int, window_ms: float) -> list[dict[str, Any]]:
                 "loadavg": [load_before, os.getloadavg()[0]],
             }
         )
-    return rows
+    return rows, steady
 
 
 def table(rows: list[dict[str, Any]], requests: int, window_ms: float) -> str:
@@ -164,7 +193,7 @@ def table(rows: list[dict[str, Any]], requests: int, window_ms: float) -> str:
     }
     titles = {
         "fixed": f"fixed {window_ms:g} ms window (before)",
-        "idle": "window + idle loop pass (now)",
+        "idle": "window + idle loop (now)",
     }
     body = [
         [
@@ -199,25 +228,50 @@ def table(rows: list[dict[str, Any]], requests: int, window_ms: float) -> str:
     )
 
 
+def steady_table(rows: list[dict[str, Any]], window_ms: float) -> str:
+    body = [
+        [
+            str(r["connections"]),
+            "fixed window (before)" if r["name"] == "fixed" else "window + idle loop (now)",
+            f"{r['rps']:.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['keys_per_call']:.1f}",
+            f"{r['errors']:g}",
+        ]
+        for r in rows
+    ]
+    head = ["wrk -c", "batching", "req/s", "p50 ms", "p99 ms", "keys/call", "errors"]
+    return (
+        f"## Steady load: wrk on /fanout/<1..1000> (1 key each), window_ms = {window_ms:g}, "
+        "means of 2 runs\n\n"
+        + harness.markdown_table(head, body)
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bursts", type=int, default=10, help="bursts per config")
     parser.add_argument("--requests", type=int, default=20, help="requests (connections) a burst")
     parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--steady-s", type=float, default=4.0,
+                        help="seconds of each wrk run under steady load (0: none)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     harness.install_sigterm_handler()
     harness.pin_self(LOAD_CPUS)
     try:
-        rows = run(args.bursts, args.requests, args.window_ms)
+        rows, steady = run(args.bursts, args.requests, args.window_ms, args.steady_s)
     except KeyboardInterrupt:
         print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
         return 130
     print(table(rows, args.requests, args.window_ms))
+    if steady:
+        print("\n" + steady_table(steady, args.window_ms))
     load = rows[0]["loadavg"]
     print(f"\nload average {load[0]:.1f} before, {load[1]:.1f} after")
     if args.json:
-        harness.save_json(args.json, {"batching": rows})
+        harness.save_json(args.json, {"batching": rows, "steady": steady})
     return 0
 
 
