@@ -14,7 +14,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from jwt_support import SECRET, SigningKey, b64, claims, jwks, new_keys
 from support import (
@@ -238,6 +238,7 @@ async def test_hypothesis_token_mutations_against_a_real_hypercorn(
     @settings(max_examples=150, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(mutated_tokens())
+    @example(signed({**claims(), "sub": ""}))  # valid, but no path segment: a 400
     def check(bad: str) -> None:
         assume(bad.strip() == bad and bad)  # h11 refuses a header value with edge spaces
         response = clients[0].get(server.url + "/me",
@@ -245,6 +246,10 @@ async def test_hypothesis_token_mutations_against_a_real_hypercorn(
         outcomes.append((bad, response.status_code))
         if response.status_code == 200:  # only a token that is still the valid one
             assert _same_token(bad) or _valid_claims_only(bad), bad
+            return
+        if response.status_code == 400:  # a valid token whose `sub` cannot be a path segment
+            assert _valid_claims_only(bad), (bad, response.text)
+            assert "{jwt.sub}" in response.json()["error"], (bad, response.text)
             return
         assert response.status_code == 401, (bad, response.text)
         body = response.json()
