@@ -69,7 +69,7 @@ def _checked(value: Any, limit: int, raw: bytes | None) -> bytes | None:
     encode it (the same bytes `envelope.dumps` would write), else None."""
     if not isinstance(value, (dict, list)):
         return None
-    if raw is not None and raw.count(b"[") + raw.count(b"{") <= limit:
+    if raw is not None and _brackets_within(raw, limit):
         return None
     wrappers = _ORJSON_MAX_DEPTH - limit
     wrapped = value
@@ -80,6 +80,23 @@ def _checked(value: Any, limit: int, raw: bytes | None) -> bytes | None:
     except orjson.JSONEncodeError as exc:  # parsed JSON fails only this way; be sure
         return _DEEP if "recursion" in str(exc).lower() else None
     return encoded[wrappers:-wrappers]
+
+
+def _brackets_within(raw: bytes, limit: int) -> bool:
+    """Whether `raw` holds at most `limit` brackets, counted in growing windows.
+
+    A big reply of many objects passes `limit` within its first window, so its bytes are
+    not scanned twice more for nothing (a full count cost ~5% of a parse per MB); a reply
+    with few brackets is counted to its end, as before.
+    """
+    total, start, step, size = 0, 0, 4096, len(raw)
+    while start < size:
+        end = start + step
+        total += raw.count(b"[", start, end) + raw.count(b"{", start, end)
+        if total > limit:
+            return False
+        start, step = end, 2 * step
+    return True
 
 
 class _TooDeep(ValueError):
