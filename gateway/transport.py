@@ -21,14 +21,17 @@ import aiohttp
 import httpx
 from yarl import URL
 
-_CHUNK = 64 * 1024
-
 
 async def chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The raw body's chunks as they arrive; aiohttp's errors raised as httpx's."""
+    """The raw body's chunks as they arrive; aiohttp's errors raised as httpx's.
+
+    Each is one piece aiohttp's parser buffered (at most a socket read, ~256 KiB), handed
+    over as it is: `iter_chunked(n)` would copy every piece larger than `n` into slices.
+    """
     try:
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            yield chunk
+        async for chunk, _ in response.content.iter_chunks():
+            if chunk:  # (b"", True) marks the end of an HTTP chunk
+                yield chunk
     except aiohttp.ClientPayloadError as exc:
         raise httpx.RemoteProtocolError(str(exc)) from exc
     except (aiohttp.ClientError, OSError) as exc:

@@ -13,10 +13,18 @@ import gc
 from typing import Any
 
 import orjson
-from support import GatewayClientFactory, UpstreamFactory, call, endpoint, make_config, reply
+from support import (
+    GatewayClientFactory,
+    RawUpstreamFactory,
+    UpstreamFactory,
+    call,
+    endpoint,
+    make_config,
+    reply,
+)
 
 from gateway.body import CappedBody
-from gateway.guard import MAX_REPLY_DEPTH, loads_reply_encoded
+from gateway.guard import MAX_REPLY_DEPTH, _brackets_within, loads_reply_encoded
 from gateway.reader import THREAD_PARSE_BYTES, BodyReader, GcPause
 
 # More objects than MAX_REPLY_DEPTH brackets: the depth check encodes it.
@@ -137,3 +145,79 @@ async def test_replies_parsed_in_threads_leave_the_collector_on() -> None:
     assert samples > 0
     assert off == 0
     assert gc.isenabled()
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_the_bracket_count_sees_brackets_past_its_first_windows() -> None:
+    """The count stops once over the limit; brackets late in a long document still count."""
+    for pad in (0, 4095, 4096, 20_000, 300_000):
+        for brackets in (MAX_REPLY_DEPTH, MAX_REPLY_DEPTH + 1):
+            raw = b'["' + b"x" * pad + b'",' + b"[" * (brackets - 1) + b"]" * (brackets - 1) + b"]"
+            full = raw.count(b"[") + raw.count(b"{") <= MAX_REPLY_DEPTH
+            assert _brackets_within(raw, MAX_REPLY_DEPTH) is full, (pad, brackets)
+    assert _brackets_within(b"", 0)
+    assert not _brackets_within(b"{" * 5000, 3)  # many brackets: settled in the first window
+
+
+async def test_a_deep_reply_behind_a_long_string_is_still_refused(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    pad = "x" * 50_000  # the nesting starts past the count's first windows
+    deep = await upstream(reply({"pad": pad, "v": nested(MAX_REPLY_DEPTH + 1)}))
+    fine = await upstream(reply({"pad": pad, "v": nested(MAX_REPLY_DEPTH - 1)}))
+    client = await gateway_client(make_config(
+        {"deep": deep, "fine": fine},
+        endpoint("/deep", call("r", "deep", "/")), endpoint("/fine", call("r", "fine", "/"))))
+    refused = await client.get("/deep")
+    assert refused.status_code == 502
+    assert f"nested deeper than {MAX_REPLY_DEPTH} levels" in (await refused.get_json())["error"]
+    served = await client.get("/fine")
+    assert served.status_code == 200
+    expected = orjson.dumps({"pad": pad, "v": nested(MAX_REPLY_DEPTH - 1)})
+    assert (await served.get_data(as_text=False)).startswith(b'{"data":{"r":' + expected + b"},")
+
+
+async def test_a_reply_in_pieces_of_every_size_arrives_whole(
+    raw_upstream: RawUpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    """Chunked and plain bodies over many socket reads: the chunks are joined as sent."""
+    raw = orjson.dumps(BIG | {"blob": "y" * 700_000})  # several socket reads, > 64 KiB each
+    sizes = [1, 2, 70_000, 5, 300_000, 65_536, 65_537]
+    pieces, at = [], 0
+    for size in sizes * 10:
+        if at >= len(raw):
+            break
+        pieces.append(raw[at:at + size])
+        at += size
+    pieces.append(raw[at:])
+
+    async def chunked(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def plain(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n" % len(raw))
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+
+    client = await gateway_client(make_config(
+        {"c": await raw_upstream(chunked), "p": await raw_upstream(plain)},
+        endpoint("/c", call("r", "c", "/")), endpoint("/p", call("r", "p", "/"))))
+    for path in ("/c", "/p"):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        body = await response.get_data(as_text=False)
+        assert body.startswith(b'{"data":{"r":' + raw + b"},"), path
