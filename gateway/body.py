@@ -41,10 +41,15 @@ class CappedBody:
     Any failure empties the holder before it is raised.
     """
 
-    __slots__ = ("_chunks", "_decoder", "_deflate_raw_tried", "_lease", "_limit",
-                 "_pending", "_prepaid", "_size")
+    __slots__ = ("_chunks", "_decoder", "_deflate_raw_tried", "_frame", "_frame_above",
+                 "_lease", "_limit", "_pending", "_prepaid", "_size", "framed")
 
-    def __init__(self, content_encoding: str, limit: int, lease: Lease | None = None) -> None:
+    def __init__(self, content_encoding: str, limit: int, lease: Lease | None = None,
+                 frame: tuple[bytes, bytes] = (b"", b""), frame_above: int = 0) -> None:
+        # Joined around a body of more than `frame_above` bytes by `finish` (reader.py).
+        self._frame = frame
+        self._frame_above = frame_above
+        self.framed = False  # whether `value` holds the frame around the body
         self._limit = limit
         self._lease = lease
         self._size = 0
@@ -121,25 +126,33 @@ class CappedBody:
             self.discard()
             raise
         self._decoder = None
-        if len(self._chunks) > 1:
+        if (self._frame[0] or self._frame[1]) and self._size > self._frame_above:
+            # The one join, with the frame: no copy of the body but this one.
+            self._chunks = [b"".join((self._frame[0], *self._chunks, self._frame[1]))]
+            self.framed = True
+        elif len(self._chunks) > 1:
             # One join at a time in the process (no await here): the copy is transient.
             self._chunks = [b"".join(self._chunks)]
         return self.value
 
     @property
     def value(self) -> bytes:
-        """The joined body (after `finish`); empty once discarded."""
+        """The joined body (after `finish`; inside its frame if framed); empty once discarded."""
         return self._chunks[0] if self._chunks else b""
 
     def take(self) -> bytes:
-        """Hand the body over; the holder is empty afterwards."""
+        """Hand the body over, without its frame (a copy then); the holder is empty afterwards."""
         value = self.value
         self._chunks = []
+        if self.framed and value:
+            value = value[len(self._frame[0]):len(value) - len(self._frame[1])]
+        self.framed = False
         return value
 
     def discard(self) -> None:
         """Let go of every byte held now (the budget lease is the caller's to release)."""
         self._chunks = []
+        self.framed = False
         self._pending = b""
         self._decoder = None
 

@@ -120,6 +120,64 @@ def loads_reply_encoded(raw: bytes) -> tuple[Any, bytes | None]:
     return value, encoded
 
 
+def _loads_max_depth() -> int:
+    """The deepest nesting `orjson.loads` accepts (1024 in orjson 3), found once at import."""
+    low, high = 1, 1 << 16  # parses, does not
+    while high - low > 1:
+        mid = (low + high) // 2
+        try:
+            orjson.loads(b"[" * mid + b"]" * mid)
+        except orjson.JSONDecodeError:
+            high = mid
+        else:
+            low = mid
+    return low
+
+
+# A reply is read inside this many lists, so that orjson.loads itself refuses it past
+# MAX_REPLY_DEPTH: the depth check then costs no encode and no scan (`loads_framed_reply`).
+REPLY_FRAME = _loads_max_depth() - MAX_REPLY_DEPTH
+REPLY_PREFIX = b"[" * REPLY_FRAME
+REPLY_SUFFIX = b"]" * REPLY_FRAME
+_SPACE = re.compile(rb"[ \t\n\r\x0b\x0c]*")  # what bytes.isspace() counts
+
+
+def frame_reply(raw: bytes) -> bytes:
+    """`raw` inside the reply frame (a copy; bodies read from the wire come framed)."""
+    return b"".join((REPLY_PREFIX, raw, REPLY_SUFFIX))
+
+
+def loads_framed_reply(framed: bytes, encode: bool) -> tuple[Any, bytes | None]:
+    """A reply parsed from its framed bytes (`REPLY_PREFIX + raw + REPLY_SUFFIX`).
+
+    Exactly what `loads_reply_encoded(raw)` accepts and refuses, with the same errors:
+    `orjson.JSONDecodeError` for what is not one JSON document, `_TooDeep` past
+    `MAX_REPLY_DEPTH`; (None, None) for a blank body. The value comes out of the frame
+    only if every level of it is a list of one item, which holds only when `raw` is one
+    JSON value (`1],[2` inside the frame parses, but not as a chain of single items).
+    `encode`: also return the value's JSON as `envelope.dumps` writes it (big replies,
+    parsed off the event loop: the envelope then embeds it without encoding it there).
+    """
+    end = len(framed) - REPLY_FRAME
+    blank = _SPACE.match(framed, REPLY_FRAME, end)
+    if blank is not None and blank.end() == end:
+        return None, None
+    try:
+        value = orjson.loads(framed)
+    except orjson.JSONDecodeError as exc:
+        if "depth" not in str(exc):
+            raise
+        orjson.loads(memoryview(framed)[REPLY_FRAME:end])  # raises if not JSON either
+        raise _TooDeep(f"nested deeper than {MAX_REPLY_DEPTH} levels") from None
+    for _ in range(REPLY_FRAME):
+        if type(value) is not list or len(value) != 1:
+            raise orjson.JSONDecodeError("not one JSON document", "", 0)
+        value = value[0]
+    if encode and isinstance(value, (dict, list)):
+        return value, orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return value, None
+
+
 def bounded_body(value: Any, raw: bytes | None = None) -> Any:
     """A parsed request body, or a 400 if it nests deeper than `MAX_REQUEST_DEPTH`."""
     if too_deep(value, MAX_REQUEST_DEPTH, raw):

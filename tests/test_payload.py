@@ -13,6 +13,8 @@ import gc
 from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import (
     GatewayClientFactory,
     RawUpstreamFactory,
@@ -24,7 +26,14 @@ from support import (
 )
 
 from gateway.body import CappedBody
-from gateway.guard import MAX_REPLY_DEPTH, _brackets_within, loads_reply_encoded
+from gateway.guard import (
+    MAX_REPLY_DEPTH,
+    _brackets_within,
+    _TooDeep,
+    frame_reply,
+    loads_framed_reply,
+    loads_reply_encoded,
+)
 from gateway.reader import THREAD_PARSE_BYTES, BodyReader, GcPause
 
 # More objects than MAX_REPLY_DEPTH brackets: the depth check encodes it.
@@ -221,3 +230,105 @@ async def test_a_reply_in_pieces_of_every_size_arrives_whole(
         assert response.status_code == 200, path
         body = await response.get_data(as_text=False)
         assert body.startswith(b'{"data":{"r":' + raw + b"},"), path
+
+
+def _old_parse(raw: bytes) -> Any:
+    """What the reader did before replies were read framed: the behaviour to keep."""
+    if not raw or raw.isspace():
+        return None, None
+    return loads_reply_encoded(raw)
+
+
+def _outcome(parse: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", parse(raw)[0]
+    except _TooDeep:
+        return "deep", None
+    except orjson.JSONDecodeError:
+        return "not json", None
+
+
+_PIECES = [b"[", b"]", b"{", b"}", b",", b":", b'"a"', b'"', b"1", b"-2.50", b"1e2", b"null",
+           b"true", b" ", b"\n", b"\x0b", b"\\", b"x", b"\xc3\xa9", b"\xff"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.lists(st.sampled_from(_PIECES), max_size=30).map(b"".join),
+    st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+                 | st.floats(allow_nan=False, allow_infinity=False)
+                 | st.text(max_size=5),
+                 lambda inner: st.lists(inner, max_size=3)
+                 | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                 max_leaves=20).map(lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2)),
+    st.integers(0, 140).map(lambda n: b" " + b"[" * n + b"{}" + b"]" * n),
+    st.integers(0, 140).map(lambda n: b"[" * n + b"1],[2" + b"]" * n),
+))
+def test_a_framed_reply_is_accepted_and_refused_exactly_as_before(raw: bytes) -> None:
+    old = _outcome(_old_parse, raw)
+    assert _outcome(lambda r: loads_framed_reply(frame_reply(r), False), raw) == old
+    status, value = _outcome(lambda r: loads_framed_reply(frame_reply(r), True), raw)
+    assert (status, value) == old
+    if status == "ok" and isinstance(value, (dict, list)):
+        assert loads_framed_reply(frame_reply(raw), True)[1] == orjson.dumps(
+            value, option=orjson.OPT_NON_STR_KEYS)
+
+
+# Formatting orjson writes differently: indentation, escapes, number forms, a repeated key.
+def untidy(items: int) -> bytes:
+    return (b'{ "a" : "\\u00e9\\/x", "n": 1.50, "e": 1E2, "k": 1, "k": [ 2 ,3 ],\n'
+            b' "items": [' + b",".join(b'{"i": %d, "s": "\\u2028"}' % i for i in range(items))
+            + b"] }")
+
+
+async def test_replies_on_both_parse_paths_keep_the_envelope_and_the_refusals(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    """Under and over THREAD_PARSE_BYTES, fetched and from the cache: the envelope holds
+    orjson's own encoding of the reply, and non-JSON or too-deep replies are 502s."""
+    small, big = untidy(10), untidy(20_000)
+    assert len(small) < THREAD_PARSE_BYTES < len(big)
+    deep = b'{"pad": "' + b"x" * THREAD_PARSE_BYTES + b'", "v": ' + orjson.dumps(
+        nested(MAX_REPLY_DEPTH + 1)) + b"}"
+    bodies = {"small": small, "big": big, "deep": deep,
+              "deepsmall": orjson.dumps({"v": nested(MAX_REPLY_DEPTH + 1)}),
+              "text": b"<html>" + b"x" * THREAD_PARSE_BYTES, "chain": b"1],[2",
+              "blank": b" \n\x0b "}
+    servers = {name: await upstream(reply(raw_body=raw)) for name, raw in bodies.items()}
+    upstreams: dict[str, Any] = {name: server for name, server in servers.items()}
+    upstreams |= {f"{name}-cached": {"url": server, "cache_ttl": 60}
+                  for name, server in servers.items()}
+    client = await gateway_client(make_config(
+        upstreams, *(endpoint(f"/{name}", call("r", name)) for name in upstreams)))
+    for name in upstreams:
+        for attempt in range(2):  # the second of a cached upstream is a cache hit
+            response = await client.get(f"/{name}")
+            body = await response.get_data(as_text=False)
+            raw = bodies[name.removesuffix("-cached")]
+            if name.startswith(("small", "big", "blank")):
+                assert response.status_code == 200, (name, attempt)
+                value = None if raw.isspace() else orjson.loads(raw)
+                assert body.startswith(b'{"data":{"r":' + orjson.dumps(value) + b"},"), name
+                cached = orjson.loads(body)["meta"]["calls"]["r"]["cached"]
+                assert cached is (attempt == 1 and name.endswith("-cached")), name
+                continue
+            assert response.status_code == 502, (name, attempt)
+            error = orjson.loads(body)["error"]
+            if name.startswith("deep"):
+                assert error.endswith(f"JSON nested deeper than {MAX_REPLY_DEPTH} levels"), name
+            else:
+                assert error.endswith("a body that is not JSON"), (name, error)
+
+
+def test_only_bodies_over_the_threshold_are_joined_framed_and_take_unframes_them() -> None:
+    frame = (b"[[", b"]]")
+    for size, framed in ((10, False), (1000, True)):
+        raw = b"1" * size
+        body = CappedBody("", 10_000, None, frame, 100)
+        for at in range(0, size, 7):
+            body.feed(raw[at:at + 7])
+        assert body.finish() == (b"[[" + raw + b"]]" if framed else raw)
+        assert body.framed is framed
+        assert body.size == size  # the cap and the budget count the body, not its frame
+        assert body.take() == raw
+        assert (body.value, body.framed) == (b"", False)

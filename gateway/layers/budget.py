@@ -29,7 +29,8 @@ class BodyLayer:
             assert received is not None
             reply.data, reply.encoded = await self.reader.parse_held(
                 received, reply.status, lease)  # a thread parse keeps it if we are cancelled
-            call.raw = received.take()
+            if call.cacheable:  # only the cache layers keep the bytes (take() copies them)
+                call.raw = received.take()
         finally:
             if call.received is not None:
                 call.received.discard()
