@@ -3,7 +3,7 @@
 For an aggregate endpoint (config or `@gw.aggregate`) the gateway uses none of what
 Quart does per request: the router, the ingress, the runner and the envelope are its
 own. Quart's request and app contexts, url adapter, hook walks and `Response` objects
-still cost ~300 µs of CPU per request, about a sixth of a 3-call fan-out
+still cost ~330 µs of CPU per request, a fifth of a 3-call fan-out
 (BENCHMARKS.md, "The lane"). So a request this lane can answer exactly as
 `Gateway._dispatch` would is answered here, and any other passes to Quart unchanged:
 
