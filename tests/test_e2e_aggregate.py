@@ -25,6 +25,7 @@ from support import (
     RawUpstreamFactory,
     UpstreamFactory,
     call,
+    contention,
     echo,
     endpoint,
     free_port,
@@ -269,13 +270,13 @@ async def test_streamed_body_over_cap_is_refused_early(
     box: list[RawServer] = []
     server = await raw_upstream(_endless(framing)(box))
     box.append(server)
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     status, body = await _single_call_status(gateway_client, server.url,
                                              max_upstream_bytes=8192)
     elapsed = time.perf_counter() - started
     assert status == 502
     assert "8192 bytes" in body["error"]
-    assert elapsed < 1.5  # streaming the whole body would take ~10 s
+    assert elapsed - (contention() - contended) < 1.5  # the whole body: ~10 s
     await asyncio.wait_for(server.disconnected.wait(), 2)  # the gateway hung up
     assert server.bytes_sent < 100_000
 
@@ -286,14 +287,15 @@ async def test_per_call_timeout_is_504_within_about_the_timeout(
     slow = await upstream(reply(delay=3.0))
     client = await gateway_client(make_config(
         {"slow": {"url": slow, "timeout": 0.3}}, endpoint("/x", call("slow", "slow"))))
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     response = await client.get("/x")
     elapsed = time.perf_counter() - started
     assert response.status_code == 504
     body = await body_of(response)
     assert_error_envelope(body)
     assert "timed out" in body["error"]
-    assert 0.25 <= elapsed < 1.0
+    assert elapsed >= 0.25
+    assert elapsed - (contention() - contended) < 1.0  # less the machine's load
     await _until(lambda: slow.cancelled == 1)  # the gateway hung up on it
 
 
@@ -311,11 +313,12 @@ async def test_drip_feeding_upstream_times_out_at_the_call_timeout(
     server = await raw_upstream(drip)
     client = await gateway_client(make_config(
         {"drip": {"url": server, "timeout": 0.5}}, endpoint("/x", call("drip", "drip"))))
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     response = await client.get("/x")
     elapsed = time.perf_counter() - started
     assert response.status_code == 504
-    assert 0.45 <= elapsed < 1.5
+    assert elapsed >= 0.45
+    assert elapsed - (contention() - contended) < 1.5  # less the machine's load
 
 
 async def test_deadline_passing_on_a_required_call_is_504(
@@ -325,7 +328,7 @@ async def test_deadline_passing_on_a_required_call_is_504(
     client = await gateway_client(make_config(
         {"fast": fast, "slow": slow},
         endpoint("/x", call("fast", "fast"), call("slow", "slow")), deadline=0.3))
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     response = await client.get("/x")
     elapsed = time.perf_counter() - started
     assert response.status_code == 504
@@ -334,7 +337,8 @@ async def test_deadline_passing_on_a_required_call_is_504(
     assert "deadline" in body["error"]
     assert body["meta"]["calls"]["fast"]["ok"] is True
     assert body["meta"]["calls"]["slow"]["ok"] is False
-    assert 0.25 <= elapsed < 1.0
+    assert elapsed >= 0.25
+    assert elapsed - (contention() - contended) < 1.0  # less the machine's load
     # the call that blew the deadline is the one a developer needs to see in Server-Timing
     timing = response.headers["Server-Timing"]
     assert [p.split(";")[0].strip() for p in timing.split(",")] == ["fast", "slow", "total"]
@@ -350,9 +354,9 @@ async def test_deadline_with_only_optional_calls_late_gives_200_with_defaults(
         endpoint("/x", call("user", "fast"),
                  call("extra", "slow", optional=True, default={"items": []})),
         deadline=0.3))
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     response = await client.get("/x")
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started - (contention() - contended) < 1.0  # less load
     assert response.status_code == 200
     body = await body_of(response)
     assert body["data"] == {"user": {"id": 1}, "extra": {"items": []}}
@@ -532,9 +536,9 @@ async def test_failed_required_call_cancels_its_siblings_at_once(
     client = await gateway_client(make_config(
         {"failing": failing, "sibling": sibling},
         endpoint("/x", call("failing", "failing"), call("sibling", "sibling"))))
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     response = await client.get("/x")
-    assert time.perf_counter() - started < 0.8
+    assert time.perf_counter() - started - (contention() - contended) < 0.8  # less load
     assert response.status_code == 502
     body = await body_of(response)
     assert body["meta"]["calls"]["sibling"]["ok"] is False
@@ -553,10 +557,11 @@ async def _three_calls(upstream: UpstreamFactory, gateway_client: GatewayClientF
 
 
 async def _timed(client: Any, headers: dict[str, str] | None = None) -> tuple[float, Any]:
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     response = await client.get("/three", headers=headers or {})
     assert response.status_code == 200
-    return time.perf_counter() - started, await body_of(response)
+    # Less the waits for a CPU (the machine's load); the upstreams' sleeps are not such waits.
+    return time.perf_counter() - started - (contention() - contended), await body_of(response)
 
 
 async def test_parallel_takes_well_under_sequential(
@@ -712,10 +717,11 @@ async def test_concurrent_requests_keep_their_own_ids_and_values(
     client = await gateway_client(make_config(
         {"a": a, "b": b},
         endpoint("/u/<int:uid>", call("a", "a", "/a/{uid}"), call("b", "b", "/b/{a.path}"))))
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     responses = await asyncio.gather(*(
         client.get(f"/u/{i}", headers={"X-Request-ID": f"req-{i}"}) for i in range(40)))
-    assert time.perf_counter() - started < 2.0  # ~100 ms each, run side by side
+    elapsed = time.perf_counter() - started - (contention() - contended)  # less the load
+    assert elapsed < 2.0  # ~100 ms each, run side by side
     for i, response in enumerate(responses):
         assert response.status_code == 200
         assert response.headers["X-Request-ID"] == f"req-{i}"
@@ -759,10 +765,10 @@ async def test_hanging_combine_hook_is_504_within_the_deadline(
     client = await gateway_client(make_config(
         {"a": a}, endpoint("/hang", call("a", "a"), combine=f"{hooks_module}:hang"),
         deadline=0.5))
-    started = time.perf_counter()
+    started, contended = time.perf_counter(), contention()
     response = await client.get("/hang")
     assert response.status_code == 504
-    assert time.perf_counter() - started < 3.0
+    assert time.perf_counter() - started - (contention() - contended) < 3.0  # less load
     body = await body_of(response)
     assert_error_envelope(body)
     assert "combine hook" in body["error"]

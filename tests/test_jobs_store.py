@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from redis_support import RedisServer, eventually, running_redis
+from support import contention
 
 from gateway.config import JobsSettings
 from gateway.jobs import JobRequest, JobsBusy, JobsClosed, JobStore, JobView, Outcome, Timing
@@ -268,9 +269,10 @@ async def test_close_lets_running_jobs_finish_within_grace(backend: Backend) -> 
     slow = await store.submit(request("/slow", sleep=30))
     await wait_for(store, quick.id, "running")
     await wait_for(store, slow.id, "running")
-    started = time.monotonic()
+    started, contended = time.monotonic(), contention()
     await backend.close(store)
-    assert time.monotonic() - started < TIMING.grace + 2.5
+    # Less the time this thread waited for a CPU: the machine's load, not the store's.
+    assert time.monotonic() - started - (contention() - contended) < TIMING.grace + 2.5
     with pytest.raises(JobsClosed):
         await store.submit(request())
     reader = await backend.store(peer=True) if backend.kind == "redis" else store

@@ -25,7 +25,16 @@ import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from quart import Quart
-from support import REPO, UpstreamFactory, call, endpoint, free_port, make_config, reply
+from support import (
+    REPO,
+    UpstreamFactory,
+    call,
+    contention,
+    endpoint,
+    free_port,
+    make_config,
+    reply,
+)
 
 from gateway import Gateway
 
@@ -131,6 +140,7 @@ async def test_storm_with_a_failing_and_a_slow_upstream_is_held_and_leaves_nothi
         tasks_serving = await quiet_count()
         statuses: Counter[int] = Counter()
         latencies: list[float] = []
+        uncontended: list[float] = []  # the same, less this thread's waits for a CPU
         quitters = 0
         next_request = iter(range(REQUESTS))
         peak: dict[str, int] = dict.fromkeys(ups, 0)
@@ -151,10 +161,11 @@ async def test_storm_with_a_failing_and_a_slow_upstream_is_held_and_leaves_nothi
                         await call
                     continue
                 path = f"/strict/{i}" if i % 4 == 0 else f"/page/{i}"
-                started = time.monotonic()
+                started, contended = time.monotonic(), contention()
                 async with session.get(url + path) as response:
                     body = await response.json()
                     latencies.append(time.monotonic() - started)
+                    uncontended.append(latencies[-1] - (contention() - contended))
                     statuses[response.status] += 1
                     if response.status == 200:
                         assert body["data"]["ads"] == []
@@ -186,7 +197,9 @@ async def test_storm_with_a_failing_and_a_slow_upstream_is_held_and_leaves_nothi
         answered = sum(statuses.values())
         assert answered + quitters == REQUESTS
         assert set(statuses) == {200, 502}, statuses  # no 500, no 504: the deadline held
-        assert max(latencies) < DEADLINE
+        # The client, the gateway and the upstreams share this thread: what the machine's
+        # load adds to a request's time (waits for a CPU) is not the gateway's.
+        assert max(uncontended) < DEADLINE
         for _ in range(100):  # every hung-up request's upstream call was cancelled
             if hang.cancelled == hang.requests:
                 break
