@@ -199,8 +199,9 @@ async def test_sigterm_with_redis_hung_exits_in_bounded_time(
         gateway.process.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         await asyncio.wait_for(gateway.process.wait(), 30)
-        # grace for the job, then STOP_TIMEOUT for the worker and the goodbye together
-        assert time.monotonic() - sent < GRACE + STOP_TIMEOUT + CANCEL_WAIT + 3
+        # grace for the job, then STOP_TIMEOUT for the worker and the goodbye together, and
+        # slack for a busy machine (it took 27 s before the bound, with no end in principle)
+        assert time.monotonic() - sent < GRACE + STOP_TIMEOUT + CANCEL_WAIT + 6
     finally:
         redis.process.send_signal(signal.SIGCONT)
     await asyncio.sleep(0.1)
