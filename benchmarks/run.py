@@ -22,9 +22,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import configs
 import harness
 import latency
 import memory
+import width
 from harness import ALL_CPUS, LOAD_CPUS, SERVER_CPUS, BenchError, Procs, Server
 
 
@@ -62,24 +64,39 @@ def workers(
                 row = _measure(procs, server, upstream, duration, warmup, connections, n, cpus)
                 row["name"] = f"{server.name} w={n} cpus={cpus}"
                 rows.append(row)
+            if server.is_gateway:
+                # One call a request: a third of the load core's work per request, so that
+                # the load's core (which a second worker shares) is not what is measured.
+                path = procs.file("gateway-1call.toml", configs.dumps(width.gateway_config(1)))
+                one_call = harness.gateway_server(f"{server.name} (1 call)", path)
+                for n, cpus in ((1, SERVER_CPUS), (2, ALL_CPUS)):
+                    row = _measure(procs, one_call, upstream, duration, warmup, connections,
+                                   n, cpus)
+                    row["name"] = f"{one_call.name} w={n} cpus={cpus}"
+                    row["calls"] = 1
+                    rows.append(row)
     return rows
 
 
 def workers_summary(rows: list[dict[str, Any]]) -> str:
     """2 workers against 1 pinned worker: in req/s, and in req/s per CPU-second of the server
     (1.00x = the second worker turns the CPU it gets into requests as well as the first)."""
-    done = [r for r in rows if "rps" in r and r.get("server_cpu")]
-    one = next((r for r in done if r["workers"] == 1), None)
-    two = next((r for r in done if r["workers"] == 2), None)
-    if one is None or two is None:
-        return ""
-    per_cpu = (two["rps"] / two["server_cpu"]) / (one["rps"] / one["server_cpu"])
-    return (
-        f"\n2 workers: {two['rps'] / one['rps']:.2f}x one pinned worker (goal >= 1.85x); "
-        f"server CPU {100 * two['server_cpu']:.0f}% vs {100 * one['server_cpu']:.0f}%; "
-        f"req/s per server CPU-second {per_cpu:.2f}x; "
-        f"load core {100 * two['load_core_busy']:.0f}%; load average {os.getloadavg()[0]:.1f}"
-    )
+    lines = []
+    for calls in (None, 1):
+        done = [r for r in rows if "rps" in r and r.get("server_cpu") and r.get("calls") == calls]
+        one = next((r for r in done if r["workers"] == 1), None)
+        two = next((r for r in done if r["workers"] == 2), None)
+        if one is None or two is None:
+            continue
+        per_cpu = (two["rps"] / two["server_cpu"]) / (one["rps"] / one["server_cpu"])
+        lines.append(
+            f"2 workers{' (1 call)' if calls else ''}: {two['rps'] / one['rps']:.2f}x one pinned"
+            f" worker (goal >= 1.85x); server CPU {100 * two['server_cpu']:.0f}% vs "
+            f"{100 * one['server_cpu']:.0f}%; req/s per server CPU-second {per_cpu:.2f}x; "
+            f"load core {100 * two['load_core_busy']:.0f}%")
+    if lines:
+        lines.append(f"load average {os.getloadavg()[0]:.1f}")
+    return "\n" + "\n".join(lines) if lines else ""
 
 
 def _measure(
