@@ -6,6 +6,7 @@ import base64
 import re
 from typing import Any
 
+import orjson
 import pytest
 
 import gateway.jobs
@@ -16,6 +17,8 @@ from gateway.jobs.api import wants_async
 from gateway.jobs.model import (
     CANCELED,
     CRASHED,
+    OWN_KEY,
+    RAW_BODY,
     JobRequest,
     JobView,
     Outcome,
@@ -174,6 +177,20 @@ def test_outcome_record_keeps_the_body_as_json_text() -> None:
     back = Outcome.from_record(record)
     assert (back.state, back.body, back.raw) == ("succeeded", None, record["body_json"].encode())
     assert finished_view("i" * 24, 1.0, 2.0, 3.0, back).result == body
+
+
+def test_outcome_for_redis_hands_the_body_bytes_over_and_reads_them_back() -> None:
+    body = {"data": {"a": [1, 2.5, "x"]}, "meta": {}}
+    handed = Outcome(200, body).to_redis()
+    raw = handed.pop(RAW_BODY)
+    assert raw == b'{"data":{"a":[1,2.5,"x"]},"meta":{}}'
+    record = handed | {"body": OWN_KEY}  # what the queue stores (gateway/jobs/_saq.py)
+    back = Outcome.from_record(record, raw)
+    assert (back.state, back.body, back.raw) == ("succeeded", None, raw)
+    envelope: dict[str, Any] = {"data": None, "meta": {}, "error": "upstream 'u' answered 500"}
+    failed = Outcome.from_record({"http_status": 502, "error": None, "body": OWN_KEY},
+                                 orjson.dumps(envelope))
+    assert finished_view("i" * 24, 1.0, 2.0, 3.0, failed).error == envelope["error"]
 
 
 def test_outcome_record_of_a_failed_aggregate_keeps_its_error_line() -> None:

@@ -33,6 +33,10 @@ SHUTDOWN_QUEUED = "the gateway shut down before this job started"
 CRASHED = "the job failed inside the gateway; the server log has details"
 TIMED_OUT = "the job did not finish within its deadline"
 TOO_LARGE = "result too large"  # over jobs.max_result_bytes (SPEC section 13)
+# A Redis job's result: RAW_BODY carries its body bytes to the queue, which keeps them under
+# a key of their own and marks the record's result {"body": OWN_KEY} (`_saq.py`).
+RAW_BODY = "body_bytes"
+OWN_KEY = "own key"
 JOB_SLACK = 10.0  # seconds a job may run past its aggregate's deadline before it is stopped
 
 
@@ -144,6 +148,12 @@ class Outcome:
             return cls(None, None, CRASHED)
         return cls(raw.get("http_status"), raw.get("body"), raw.get("error"))
 
+    def to_redis(self) -> dict[str, Any]:
+        """What the Redis store's job function returns: the body as the bytes already made,
+        under RAW_BODY, which the queue stores under a key of its own (`_saq.py`)."""
+        return {"http_status": self.http_status, "error": self.error,
+                RAW_BODY: self.serialized()}
+
     def to_record(self) -> dict[str, Any]:
         """As a Redis job record keeps it: the body as JSON text, so that reading the job
         parses one string, not a tree ~10 times the body's size."""
@@ -152,12 +162,16 @@ class Outcome:
                 "body_json": None if raw is None else raw.decode()}
 
     @classmethod
-    def from_record(cls, record: Any) -> Outcome:
-        """`to_record`'s inverse; also reads `to_json`'s form (records of earlier versions)."""
-        if not isinstance(record, dict) or "body_json" not in record:
+    def from_record(cls, record: Any, body: bytes | None = None) -> Outcome:
+        """A Redis job's result: `to_redis`'s record with the `body` read from its own key;
+        also `to_record`'s and `to_json`'s forms (records of earlier versions)."""
+        if isinstance(record, dict) and record.get("body") == OWN_KEY:
+            raw = body
+        elif not isinstance(record, dict) or "body_json" not in record:
             return cls.from_json(record)
-        text = record["body_json"]
-        raw = None if text is None else text.encode()
+        else:
+            text = record["body_json"]
+            raw = None if text is None else text.encode()
         outcome = cls(record.get("http_status"), None, record.get("error"), raw=raw)
         if raw is not None and outcome.state == "failed":  # a small error envelope: its
             return cls(outcome.http_status, orjson.loads(raw), outcome.error, raw=raw)  # error

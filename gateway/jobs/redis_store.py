@@ -104,14 +104,17 @@ class RedisStore(JobStore):
 
     async def get(self, job_id: str) -> JobView | None:
         try:
-            job = await self._queue.job(job_id)
+            job, body = await self._queue.job_and_body(job_id)
         except RedisError as exc:
             raise _unavailable(exc) from None
-        return None if job is None else self._view(job)
+        return None if job is None else self._view(job, body)
 
     async def cancel(self, job_id: str) -> JobView | None:
         try:
             job = await self._queue.cancel(job_id, CANCELED)
+            if job is not None and job.status == Status.COMPLETE:  # finished meanwhile
+                job, body = await self._queue.job_and_body(job_id)
+                return None if job is None else self._view(job, body)
         except RedisError as exc:
             raise _unavailable(exc) from None
         return None if job is None else self._view(job)
@@ -197,7 +200,7 @@ class RedisStore(JobStore):
             self._running -= 1
             if not self._running:
                 self._idle.set()
-        return outcome.to_record()
+        return outcome.to_redis()
 
     async def _beat(self, job: Job) -> None:
         while True:
@@ -207,12 +210,12 @@ class RedisStore(JobStore):
             except RedisError as exc:
                 self._queue._redis_down(exc)
 
-    def _view(self, job: Job) -> JobView:
+    def _view(self, job: Job, body: bytes | None = None) -> JobView:
         request = job.kwargs.get("request") if job.kwargs else None
         identity = request.get("identity") if isinstance(request, dict) else None
-        return replace(self._state_view(job), owner=owner_of(identity))
+        return replace(self._state_view(job, body), owner=owner_of(identity))
 
-    def _state_view(self, job: Job) -> JobView:
+    def _state_view(self, job: Job, body: bytes | None) -> JobView:
         created = job.queued / 1000
         started = job.started / 1000 if job.started else None
         finished = job.completed / 1000 if job.completed else None
@@ -228,7 +231,7 @@ class RedisStore(JobStore):
             return JobView(job.key, "running", created, started)
         if status == Status.COMPLETE:
             return finished_view(job.key, created, started, finished,
-                                 Outcome.from_record(job.result))
+                                 Outcome.from_record(job.result, body))
         error = job.error if job.error in _KNOWN_ERRORS else CRASHED
         state: JobState = "canceled" if error == CANCELED else "failed"
         return JobView(job.key, state, created, started, finished, error=error)
