@@ -46,10 +46,13 @@ from .store import SECONDS, Execute, JobStore, Timing
 
 log = logging.getLogger("gateway.jobs")
 
+SOCKET_TIMEOUT = 5 * SECONDS  # a Redis command that gets no answer fails after this long
 # After `grace`, how long stopping SAQ's worker (which records the jobs it cuts off) and
 # then saying goodbye to Redis may take together: with Redis unreachable every command
-# waits for its socket timeout, and shutdown must not wait on that.
-STOP_TIMEOUT = 5 * SECONDS
+# waits for its socket timeout, and shutdown must not wait on that. A healthy Redis under
+# load was seen to need over 5 s (one command waiting out its timeout after a cancel, then
+# SAQ's 1 s cancel deadline), so the bound leaves room for one such wait.
+STOP_TIMEOUT = SOCKET_TIMEOUT + 2 * SECONDS
 CANCEL_WAIT = 1 * SECONDS  # then for what was cancelled again to end
 
 _KNOWN_ERRORS = frozenset({CANCELED, LOST, SHUTDOWN, SHUTDOWN_QUEUED, TIMED_OUT})
@@ -61,7 +64,7 @@ class RedisStore(JobStore):
         # Fail fast while Redis is down (one immediate retry covers a connection that a
         # Redis restart broke), so job requests get their 503 quickly.
         self._redis: Redis = Redis.from_url(
-            settings.store, socket_connect_timeout=2.0, socket_timeout=5.0,
+            settings.store, socket_connect_timeout=2.0, socket_timeout=SOCKET_TIMEOUT,
             retry=Retry(NoBackoff(), 1), health_check_interval=15)
         self._queue = GatewayQueue(self._redis, max_running=settings.max_running,
                                    capacity=self.capacity, ttl=settings.ttl, timing=timing)
