@@ -102,6 +102,12 @@ class Procs(contextlib.AbstractContextManager["Procs"]):
         self._procs.append(proc)
         return proc
 
+    def dir(self, name: str) -> Path:
+        """A directory that lives as long as these processes."""
+        path = self._logdir / name
+        path.mkdir(exist_ok=True)
+        return path
+
     def file(self, name: str, text: str) -> Path:
         """Write a file (e.g. a config) that lives as long as these processes."""
         path = self._logdir / name
@@ -421,6 +427,46 @@ def start_upstream(procs: Procs, name: str = "upstream", delays: str | None = No
     if delays:
         argv += ["--delays", delays]
     proc = procs.start(name, argv, LOAD_CPUS)
+    base = f"http://127.0.0.1:{port}"
+    wait_http_ok(proc, f"{base}/a/1", timeout=15)
+    return base
+
+
+NGINX_CONF = """worker_processes 1;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    default_type application/json;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def start_nginx_upstream(procs: Procs) -> str:
+    """Debian's nginx on the load core, serving /a/<id>, /b/<id>, /c/<id> as static JSON: an
+    upstream that costs a few µs a request, so the load core has room for a second worker.
+    """
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                      else None)
+    if nginx is None:
+        raise BenchError("nginx is not installed (apt-get install nginx)")
+    port = free_port()
+    root = procs.dir("nginx-root")
+    for source in "abc":  # ids 1..1000: what benchmarks/lua/fanout.lua asks for
+        (root / source).mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1001):
+            (root / source / str(i)).write_text(
+                json.dumps({"id": i, "name": f"{source}-{i}", "source": source}))
+    (root / "logs").mkdir(exist_ok=True)
+    conf = procs.file("nginx.conf", NGINX_CONF.format(port=port, root=root))
+    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    proc = procs.start("nginx-upstream", [nginx, "-p", str(root), "-c", str(conf), "-e",
+                                          "stderr", "-g", directives], LOAD_CPUS)
     base = f"http://127.0.0.1:{port}"
     wait_http_ok(proc, f"{base}/a/1", timeout=15)
     return base

@@ -22,11 +22,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import configs
 import harness
 import latency
 import memory
-import width
 from harness import ALL_CPUS, LOAD_CPUS, SERVER_CPUS, BenchError, Procs, Server
 
 
@@ -49,13 +47,19 @@ def workers(
 ) -> list[dict[str, Any]]:
     """1 worker pinned to core 0, 1 worker unpinned, 2 workers unpinned.
 
-    The machine has two cores and core 1 also runs wrk and the upstream, so
-    the 2-worker rows share a core with the load; they show whether a second
-    worker helps here, not how it scales on a bigger machine.
+    The machine has two cores and core 1 also runs wrk and the upstream, so the 2-worker
+    rows share a core with the load. The upstream is nginx serving the three replies as
+    static files where nginx is installed (a few µs a request), not upstream.py (whose
+    ~25 µs a request, three per fan-out, filled the load core before a second worker
+    could show); `upstream` in the JSON says which.
     """
     rows: list[dict[str, Any]] = []
     with Procs() as procs:
-        upstream = harness.start_upstream(procs)
+        try:
+            upstream, kind = harness.start_nginx_upstream(procs), "nginx"
+        except BenchError as exc:
+            print(f"  {exc.summary}: upstream.py instead", file=sys.stderr)
+            upstream, kind = harness.start_upstream(procs), "upstream.py"
         for server in servers:
             if not server.multi_worker:
                 print(f"  {server.name}: single-process server, skipped", file=sys.stderr)
@@ -63,40 +67,27 @@ def workers(
             for n, cpus in ((1, SERVER_CPUS), (1, ALL_CPUS), (2, ALL_CPUS)):
                 row = _measure(procs, server, upstream, duration, warmup, connections, n, cpus)
                 row["name"] = f"{server.name} w={n} cpus={cpus}"
+                row["upstream"] = kind
                 rows.append(row)
-            if server.is_gateway:
-                # One call a request: a third of the load core's work per request, so that
-                # the load's core (which a second worker shares) is not what is measured.
-                path = procs.file("gateway-1call.toml", configs.dumps(width.gateway_config(1)))
-                one_call = harness.gateway_server(f"{server.name} (1 call)", path)
-                for n, cpus in ((1, SERVER_CPUS), (2, ALL_CPUS)):
-                    row = _measure(procs, one_call, upstream, duration, warmup, connections,
-                                   n, cpus)
-                    row["name"] = f"{one_call.name} w={n} cpus={cpus}"
-                    row["calls"] = 1
-                    rows.append(row)
     return rows
 
 
 def workers_summary(rows: list[dict[str, Any]]) -> str:
     """2 workers against 1 pinned worker: in req/s, and in req/s per CPU-second of the server
     (1.00x = the second worker turns the CPU it gets into requests as well as the first)."""
-    lines = []
-    for calls in (None, 1):
-        done = [r for r in rows if "rps" in r and r.get("server_cpu") and r.get("calls") == calls]
-        one = next((r for r in done if r["workers"] == 1), None)
-        two = next((r for r in done if r["workers"] == 2), None)
-        if one is None or two is None:
-            continue
-        per_cpu = (two["rps"] / two["server_cpu"]) / (one["rps"] / one["server_cpu"])
-        lines.append(
-            f"2 workers{' (1 call)' if calls else ''}: {two['rps'] / one['rps']:.2f}x one pinned"
-            f" worker (goal >= 1.85x); server CPU {100 * two['server_cpu']:.0f}% vs "
-            f"{100 * one['server_cpu']:.0f}%; req/s per server CPU-second {per_cpu:.2f}x; "
-            f"load core {100 * two['load_core_busy']:.0f}%")
-    if lines:
-        lines.append(f"load average {os.getloadavg()[0]:.1f}")
-    return "\n" + "\n".join(lines) if lines else ""
+    done = [r for r in rows if "rps" in r and r.get("server_cpu")]
+    one = next((r for r in done if r["workers"] == 1), None)
+    two = next((r for r in done if r["workers"] == 2), None)
+    if one is None or two is None:
+        return ""
+    per_cpu = (two["rps"] / two["server_cpu"]) / (one["rps"] / one["server_cpu"])
+    return (
+        f"\n2 workers: {two['rps'] / one['rps']:.2f}x one pinned worker (goal >= 1.85x); "
+        f"server CPU {100 * two['server_cpu']:.0f}% vs {100 * one['server_cpu']:.0f}%; "
+        f"req/s per server CPU-second {per_cpu:.2f}x; "
+        f"load core {100 * two['load_core_busy']:.0f}%; upstream {two.get('upstream')}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def _measure(
