@@ -206,12 +206,18 @@ class RedisStore(JobStore):
         return outcome.to_redis()
 
     async def _beat(self, job: Job) -> None:
+        me = asyncio.current_task()
         while True:
             await asyncio.sleep(self.timing.heartbeat)
             try:
                 await job.update()  # renews `touched`; see GatewayQueue._update
             except RedisError as exc:
                 self._queue._redis_down(exc)
+            # A cancel that lands inside the update is at times swallowed below us (the task
+            # stays "cancelling" and beat on): the job then never ended and the worker's stop
+            # waited for it until STOP_TIMEOUT. Honour it here.
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
 
     def _view(self, job: Job, body: bytes | None = None) -> JobView:
         request = job.kwargs.get("request") if job.kwargs else None
