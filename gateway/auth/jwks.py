@@ -56,6 +56,9 @@ class Key:
 class KeySet:
     keys: tuple[Key, ...] = ()
     by_kid: Mapping[str, Key] = field(default_factory=dict)
+    # Tokens these keys verified (tokens.verify): a new key set starts empty, so a key
+    # that leaves the provider's JWKS takes its tokens' verdicts with it.
+    verified: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, keys: list[Key]) -> KeySet:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +26,12 @@ import orjson
 from .jwks import Key, KeySet
 
 MAX_TOKEN_BYTES = 16 * 1024  # a longer bearer token is refused unread
+# Valid tokens remembered per key set, so that a client's next request with the same token
+# costs a lookup instead of a signature check (HS256 ~90 µs, RS256 ~120 µs of CPU; the
+# gateway's whole 3-call request is ~1 ms). Oldest out first; longer tokens never kept:
+# at most MAX_VERIFIED * MAX_VERIFIED_TOKEN_BYTES (4 MiB) of tokens and their claims.
+MAX_VERIFIED = 1024
+MAX_VERIFIED_TOKEN_BYTES = 4096
 MAX_HEADER_BYTES = 1024  # the decoded JOSE header
 KID = re.compile(r"[A-Za-z0-9_.:=+-]{1,128}")  # no '/', '\\', '..' or control characters
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -88,15 +96,50 @@ def read_header(token: str) -> dict[str, Any]:
     return header
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that verified, and when its time claims let it pass (PyJWT's rules)."""
+
+    policy: TokenPolicy
+    claims: dict[str, Any]
+    start: float  # iat and nbf, less the leeway
+    end: float  # exp, plus the leeway (exclusive)
+
+
 def verify(token: str, policy: TokenPolicy, keys: KeySet) -> dict[str, Any]:
-    """The token's claims if it is valid under `policy` with one of `keys`; else `_TokenError`."""
+    """The token's claims if it is valid under `policy` with one of `keys`; else `_TokenError`.
+
+    A token these keys verified before under this policy is not checked again while its
+    `iat`/`nbf`/`exp` still let it pass: the same bytes, signed by the same key, verify the
+    same way. Outside that window (expired, say) it is checked in full, which refuses it
+    with the reason.
+    """
+    hit = keys.verified.get(token)
+    if hit is not None and hit.policy is policy and hit.start <= time.time() < hit.end:
+        return dict(hit.claims)  # a copy: a caller may change its claims
     header = read_header(token)
     alg: str = header["alg"]
     if alg not in policy.algorithms or key_family(alg) is None:
         # repr: the alg is client text; a newline in it must not split the one-line reason
         raise _TokenError(f"token algorithm {alg[:32]!r} not allowed")
     key = choose_key(keys, header.get("kid"), alg)
-    return _decode(token, key, alg, policy)
+    claims = _decode(token, key, alg, policy)
+    _remember(keys.verified, token, policy, claims)
+    return claims
+
+
+def _remember(cache: dict[str, Any], token: str, policy: TokenPolicy,
+              claims: dict[str, Any]) -> None:
+    if len(token) > MAX_VERIFIED_TOKEN_BYTES:
+        return
+    # PyJWT passed: iat and nbf <= now + leeway, exp > now - leeway, each an int().
+    start = max((int(claims[c]) for c in ("iat", "nbf") if c in claims),
+                default=-math.inf) - policy.leeway
+    end = int(claims["exp"]) + policy.leeway if "exp" in claims else math.inf
+    cache.pop(token, None)
+    while len(cache) >= MAX_VERIFIED:
+        del cache[next(iter(cache))]  # the oldest
+    cache[token] = _Verified(policy, dict(claims), start, end)
 
 
 def choose_key(keys: KeySet, kid: str | None, alg: str) -> Key:
