@@ -17,8 +17,13 @@ still cost ~330 µs of CPU per request, a fifth of a 3-call fan-out
 - a path our router does not serve (404, 405 with `Allow` and 400 are Quart's path);
 - an app someone extended through Quart itself (a route, a request hook, an error
   handler or a request signal the gateway did not add): Quart must then see every
-  request, as it would rank a user's route above the catch-all. Checked once, at the
-  first request, when setup is over (Quart refuses setup after it).
+  request, as it would rank a user's route above the catch-all. Checked on every
+  request: Quart takes new routes and hooks while it serves;
+- a path under the gateway's own routes (`/healthz`, `/jobs/...`: RESERVED_PREFIXES),
+  which Quart ranks above a catch-all code view such as `/<name>`.
+
+A code view on the lane runs outside Quart's request and app contexts (`quart.request`,
+`g`, `current_app` are unset), as it does in a job: its request is `fan.ctx`.
 
 What the lane does is what Quart plus `_dispatch`, `health.observe` and the CORS hook
 do for such a request: the same `Headers` (title-cased names, `Remote-Addr`), the same
@@ -48,6 +53,7 @@ from quart import signals
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from . import envelope
+from .config import RESERVED_PREFIXES
 from .door import Door
 from .errors import RequestError
 from .ingress import HTTP
@@ -69,19 +75,26 @@ LANE_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _HTTP1 = frozenset({"1.0", "1.1"})
 _PASS_HEADERS = frozenset({b"transfer-encoding", b"prefer"})
 _SIGNALS = (signals.request_started, signals.request_finished,
-            signals.request_tearing_down, signals.got_request_exception)
+            signals.request_tearing_down, signals.got_request_exception,
+            signals.appcontext_pushed, signals.appcontext_popped,
+            signals.appcontext_tearing_down)
 
 
-def app_shape(app: Quart) -> tuple[int, ...]:
-    """What the app's setup added: routes, request hooks, error handlers, signals."""
+def app_shape(app: Quart) -> tuple[object, ...]:
+    """What the app's setup added: routes, request and app-context hooks, error handlers,
+    signals, host matching, and the views and session the gateway's routes run with."""
     hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs,
              app.url_value_preprocessors, app.url_default_functions)
     return (sum(1 for _ in app.url_map.iter_rules()),
             *(sum(len(funcs) for funcs in hook.values()) for hook in hooks),
+            len(app.teardown_appcontext_funcs),
             sum(len(by_code) for spec in app.error_handler_spec.values()
                 for by_code in spec.values()),
             len(app.blueprints),
-            sum(bool(signal.receivers) for signal in _SIGNALS))
+            sum(bool(signal.receivers) for signal in _SIGNALS),
+            app.config["SERVER_NAME"], app.url_map.host_matching, app.subdomain_matching,
+            app.view_functions.get("aggregate"), app.view_functions.get("aggregate_root"),
+            type(app.session_interface))
 
 
 class Lane:
@@ -91,8 +104,9 @@ class Lane:
         self._gw = gw
         self._inner = inner
         self._cors = cors  # the app has the CORS hook (`Gateway._cors`), so the lane adds it
-        self._own: tuple[int, ...] = ()
-        self._open: bool | None = None  # decided at the first request
+        self._own: tuple[object, ...] = ()
+        self._told = False  # the log line, once
+        self.served = 0  # requests the lane answered (the rest went to Quart)
 
     def seal(self) -> None:
         """The gateway's own setup is done: what the app holds now is all its own."""
@@ -107,20 +121,25 @@ class Lane:
                 # Without `Content-Length` or `Transfer-Encoding` an HTTP/1.x request has no
                 # body and its first message is there at once; an in-process client (Quart's
                 # test client) may still send one: it goes to Quart, the message replayed.
-                first = await receive()
-                if (first["type"] == "http.request" and not first.get("body")
-                        and not first.get("more_body")):
+                taken = [await receive()]
+                while (taken[-1]["type"] == "http.request" and not taken[-1].get("body")
+                       and taken[-1].get("more_body")):  # the test client's empty first part
+                    taken.append(await receive())
+                last = taken[-1]
+                if last["type"] == "http.request" and not last.get("body"):
                     await self._serve(scope, receive, send, *routed)
                     return
-                receive = _replay(first, receive)
+                receive = _replay(taken, receive)
         await self._inner(scope, receive, send)
 
     def is_open(self) -> bool:
-        if self._open is None:
-            self._open = bool(self._own) and app_shape(self._gw.app) == self._own
-            if not self._open:
-                log.info("the app was extended through Quart: every request goes through it")
-        return self._open
+        """Whether the app is still only what the gateway made of it: looked at on every
+        request (a few µs), since Quart takes new routes and hooks while it serves."""
+        open_ = bool(self._own) and app_shape(self._gw.app) == self._own
+        if not open_ and not self._told:
+            self._told = True
+            log.info("the app was extended through Quart: every request goes through it")
+        return open_
 
     def _routed(self, scope: HTTPScope) -> tuple[float, Target, dict[str, Any],
                                                  Headers] | None:
@@ -139,8 +158,11 @@ class Lane:
         path = scope["path"]
         if not path.startswith("/"):
             return None
+        path = "/" + path.lstrip("/")
+        if any(path == r or path.startswith(r + "/") for r in RESERVED_PREFIXES):
+            return None  # the gateway's own routes (/healthz...) outrank a catch-all view
         try:
-            target, params = self._gw.router.match("/" + path.lstrip("/"), scope["method"])
+            target, params = self._gw.router.match(path, scope["method"])
         except RequestError:
             return None
         return started, target, params, headers
@@ -149,24 +171,26 @@ class Lane:
                      send: ASGISendCallable, started: float, target: Target,
                      params: dict[str, Any], headers: Headers) -> None:
         """Answer one request; a disconnect before the answer cancels the work (as Quart)."""
+        self.served += 1
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.Event()
         watch = asyncio.ensure_future(_watch(receive, task, gone))
         try:
-            result = await self._answer(scope, started, target, params, headers)
-            await self._send(scope, send, result, headers, started, target)
+            result, extra = await self._answer(scope, started, target, params, headers)
+            await self._send(scope, send, result, extra, headers, started, target)
         except asyncio.CancelledError:
-            if not gone.is_set():
-                raise  # the server's cancellation, not the client's disconnect
-            task.uncancel()
+            if not gone.is_set() or task.uncancel():
+                raise  # the server's cancellation (too), not only the client's disconnect
         finally:
             watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch  # ends at once (cancelled, or it saw the disconnect): none left behind
 
     async def _answer(self, scope: HTTPScope, started: float, target: Target,
-                      params: dict[str, Any], headers: Headers) -> Result:
+                      params: dict[str, Any], headers: Headers
+                      ) -> tuple[Result, dict[str, str]]:
+        """The result, and the headers the checks add to a 2xx (`RateLimit`)."""
         gw, method = self._gw, scope["method"]
         path = "/" + scope["path"].lstrip("/")
         args = ImmutableMultiDict(parse_qsl(scope["query_string"].decode(),
@@ -179,17 +203,16 @@ class Lane:
             try:
                 admitted = await gw.ingress.admit(door)
             except RequestError as error:
-                return gw.ingress.refusal(door, error)
+                return gw.ingress.refusal(door, error), {}
             try:
                 result = await gw.run(admitted.target, admitted.ctx)
             finally:
                 door.close()
         except Exception as error:
-            return self._bug(headers, error)
-        if 200 <= result.status < 300 and door.response_headers:  # `RateLimit` (SPEC 9)
-            result = Result(result.status, result.body,
-                            {**result.headers, **door.response_headers})
-        return result
+            return self._bug(headers, error), {}
+        if 200 <= result.status < 300:  # `RateLimit` on every 2xx (SPEC 9)
+            return result, door.response_headers
+        return result, {}
 
     def _bug(self, headers: Headers, error: Exception) -> Result:
         """A bug: the 500 envelope with the request id, logged; never a traceback (as Quart)."""
@@ -200,15 +223,19 @@ class Lane:
                        started=time.perf_counter())
 
     async def _send(self, scope: HTTPScope, send: ASGISendCallable, result: Result,
-                    headers: Headers, started: float, target: Target) -> None:
+                    extra: dict[str, str], headers: Headers, started: float,
+                    target: Target) -> None:
         try:
             body = envelope.dumps(result.body)
         except Exception as error:  # as `_respond` inside Quart's error handling
             result = self._bug(headers, error)
             body = envelope.dumps(result.body)
-        # As Quart's Response writes them: the result's, then the body's, then CORS.
+        # As Quart's Response writes them: the result's, the body's, then `update` with the
+        # checks' (a name already there keeps its place), then CORS.
         out = [*result.headers.items(), ("Content-Type", "application/json"),
                ("Content-Length", str(len(body)))]
+        if extra:
+            _update(out, extra)
         if self._cors:
             cors = self._gw.origins.reply_headers(headers)
             if cors:
@@ -219,9 +246,13 @@ class Lane:
         if runtime is not None:
             runtime.metrics.request(endpoint, scope["method"], result.status,
                                     time.perf_counter() - started)
-        await send({"type": "http.response.start", "status": result.status,
-                    "headers": [(k.lower().encode(), v.encode()) for k, v in out]})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        # Quart's RESPONSE_TIMEOUT bounds the writes: a client that stops reading cannot
+        # hold the task (its slot is already free).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._gw.app.config["RESPONSE_TIMEOUT"]):
+                await send({"type": "http.response.start", "status": result.status,
+                            "headers": [(k.lower().encode(), v.encode()) for k, v in out]})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _watch(receive: ASGIReceiveCallable, task: asyncio.Task[Any],
@@ -236,9 +267,23 @@ async def _watch(receive: ASGIReceiveCallable, task: asyncio.Task[Any],
                 return
 
 
-def _replay(first: ASGIReceiveEvent, receive: ASGIReceiveCallable) -> ASGIReceiveCallable:
-    """`receive` that first gives back the message the lane already took."""
-    pending: list[ASGIReceiveEvent] = [first]
+def _update(out: list[tuple[str, str]], extra: dict[str, str]) -> None:
+    """werkzeug's `Headers.update`: a name already in `out` is replaced where it stands."""
+    for name, value in extra.items():
+        lower = name.lower()
+        at = [i for i, (k, _) in enumerate(out) if k.lower() == lower]
+        if at:
+            out[at[0]] = (name, value)
+            for i in reversed(at[1:]):
+                del out[i]
+        else:
+            out.append((name, value))
+
+
+def _replay(taken: list[ASGIReceiveEvent], receive: ASGIReceiveCallable
+            ) -> ASGIReceiveCallable:
+    """`receive` that first gives back, in order, the messages the lane already took."""
+    pending = list(reversed(taken))
 
     async def replayed() -> ASGIReceiveEvent:
         return pending.pop() if pending else await receive()

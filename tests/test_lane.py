@@ -78,6 +78,8 @@ async def test_the_lane_answers_what_quart_answers(
                          if k.lower() not in _TIMING},
                         _timeless(await response.get_json())))
     assert answers[0] == answers[1]
+    assert lane_gw.lane.served == 1  # the lane answered one, Quart the other
+    assert quart_gw.lane.served == 0
     status, sent, body = answers[0]
     assert status == 200
     assert body["data"]["user"]["path"] == "/u/7"
@@ -98,7 +100,8 @@ async def test_refusals_and_unrouted_requests_match_quarts(
 ) -> None:
     up = await upstream()
     config = _config(up)
-    lane, quart = (await gateway_client(Gateway(config)),
+    lane_gw = Gateway(config)
+    lane, quart = (await gateway_client(lane_gw),
                    await gateway_client(_through_quart(Gateway(config))))
     for method, path, headers in (
         ("GET", "/users/7", {"X-Gateway-Strategy": "sideways"}),  # the ingress refuses: 400
@@ -114,6 +117,7 @@ async def test_refusals_and_unrouted_requests_match_quarts(
                         json.loads(text)["error"] if text else None))
         assert got[0] == got[1], (method, path)
         assert got[0][0] >= 400 or method == "HEAD"
+    assert lane_gw.lane.served == 1  # the 400; 404, 405 and HEAD are Quart's
 
 
 async def test_a_route_added_through_quart_wins_over_an_endpoint(
@@ -205,7 +209,7 @@ async def test_a_bug_is_the_500_envelope_with_the_request_id_on_both_paths(
             raise RuntimeError("a bug in a check")
 
     up = await upstream()
-    answers = []
+    answers, served = [], []
     for gw in (Gateway(_config(up)), _through_quart(Gateway(_config(up)))):
         gw.ingress = Ingress(gw, chain=(Broken(),))
         client = await gateway_client(gw)
@@ -213,7 +217,9 @@ async def test_a_bug_is_the_500_envelope_with_the_request_id_on_both_paths(
             response = await client.get("/users/7?tag=x", headers={"X-Request-ID": "bug-1"})
         body = await response.get_json()
         answers.append((response.status_code, body["error"], body["data"]))
+        served.append(gw.lane.served)
     assert answers[0] == answers[1] == (500, "internal error (request id bug-1)", None)
+    assert served == [1, 0]
     assert caplog.text.count("a bug in a check") >= 2  # logged, with the traceback, not sent
     assert not up.seen
 
@@ -264,3 +270,66 @@ async def test_an_answer_that_cannot_be_encoded_is_the_500_envelope_on_both_path
         response = await client.get("/deep", headers={"X-Request-ID": "deep-1"})
         answers.append((response.status_code, (await response.get_json())["error"]))
     assert answers[0] == answers[1] == (500, "internal error (request id deep-1)")
+
+
+async def test_a_catch_all_view_does_not_take_the_gateways_own_routes(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    """Quart ranks /healthz, /jobs/<id>, /_gateway/... above a view at `/<name>`."""
+    up = await upstream()
+    answers, served = [], []
+    for gw in (Gateway(_config(up)), _through_quart(Gateway(_config(up)))):
+
+        @gw.aggregate("/<name>")
+        async def anything(fan: Fan, name: str) -> Any:
+            return {"agg": name}
+
+        client = await gateway_client(gw)
+        got = []
+        for path in ("/healthz", "/readyz", "/jobs/abc", "/_gateway/openapi.json", "/x"):
+            response = await client.get(path)
+            got.append((path, response.status_code, (await response.get_data())[:40]))
+        answers.append(got)
+        served.append(gw.lane.served)
+    assert answers[0] == answers[1]
+    assert answers[0][0][2] == b'{"status":"ok"}'  # the gateway's /healthz, not the view
+    assert served == [1, 0]  # only /x on the lane
+    assert b'"agg":"x"' in answers[0][-1][2]
+
+
+async def test_a_hook_added_while_serving_runs_from_the_next_request(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    """Quart takes setup after its first request: the lane must step aside then too."""
+    up = await upstream()
+    gw = Gateway(_config(up))
+    client = await gateway_client(gw)
+    assert (await client.get("/users/7?tag=x")).status_code == 200
+    assert gw.lane.served == 1
+
+    @gw.app.before_request
+    async def blocked() -> Any:
+        return "blocked", 403
+
+    response = await client.get("/users/7?tag=x")
+    assert response.status_code == 403
+    assert await response.get_data() == b"blocked"
+    assert gw.lane.served == 1
+
+
+async def test_rate_limit_headers_come_where_quart_puts_them(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    up = await upstream()
+    config = _config(up)
+    config["limits"] = {"rate": "1000/second"}
+    names, served = [], []
+    for gw in (Gateway(config), _through_quart(Gateway(config))):
+        client = await gateway_client(gw)
+        response = await client.get("/users/7?tag=x")
+        assert response.status_code == 200
+        names.append([k.lower() for k, _ in response.headers.items()])
+        served.append(gw.lane.served)
+    assert names[0] == names[1]
+    assert served == [1, 0]
+    assert "ratelimit" in names[0]
