@@ -75,6 +75,14 @@ def test_claims_a_caller_changes_are_not_what_the_next_request_gets() -> None:
     assert verify(token, POLICY, keys)["sub"] == "user-1"
 
 
+def test_nested_claims_a_caller_changes_do_not_widen_the_next_requests_scopes() -> None:
+    keys = KeySet.from_secret(SECRET)
+    token = hs256(claims(scp=["read"]))
+    verify(token, POLICY, keys)["scp"].append("admin")  # e.g. a `combine` hook
+    verify(token, POLICY, keys)["scp"].append("admin")  # and again, from the memory
+    assert verify(token, POLICY, keys)["scp"] == ["read"]
+
+
 def test_remembered_tokens_are_bounded_in_number_and_size() -> None:
     keys = KeySet.from_secret(SECRET)
     long = hs256(claims(pad="x" * MAX_VERIFIED_TOKEN_BYTES))

@@ -58,7 +58,8 @@ class KeySet:
     by_kid: Mapping[str, Key] = field(default_factory=dict)
     # Tokens these keys verified (tokens.verify): a new key set starts empty, so a key
     # that leaves the provider's JWKS takes its tokens' verdicts with it.
-    verified: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    verified: dict[str, Any] = field(default_factory=dict, init=False, compare=False,
+                                     repr=False)
 
     @classmethod
     def of(cls, keys: list[Key]) -> KeySet:

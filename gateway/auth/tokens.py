@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import math
 import re
 import time
@@ -115,8 +116,10 @@ def verify(token: str, policy: TokenPolicy, keys: KeySet) -> dict[str, Any]:
     with the reason.
     """
     hit = keys.verified.get(token)
-    if hit is not None and hit.policy is policy and hit.start <= time.time() < hit.end:
-        return dict(hit.claims)  # a copy: a caller may change its claims
+    if hit is not None:
+        if hit.policy is policy and hit.start <= time.time() < hit.end:
+            return copy.deepcopy(hit.claims)  # a caller may change its claims, lists too
+        del keys.verified[token]  # out of its window (or another policy): checked in full
     header = read_header(token)
     alg: str = header["alg"]
     if alg not in policy.algorithms or key_family(alg) is None:
@@ -139,7 +142,7 @@ def _remember(cache: dict[str, Any], token: str, policy: TokenPolicy,
     cache.pop(token, None)
     while len(cache) >= MAX_VERIFIED:
         del cache[next(iter(cache))]  # the oldest
-    cache[token] = _Verified(policy, dict(claims), start, end)
+    cache[token] = _Verified(policy, copy.deepcopy(claims), start, end)
 
 
 def choose_key(keys: KeySet, kid: str | None, alg: str) -> Key:
