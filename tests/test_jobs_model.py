@@ -191,6 +191,11 @@ def test_outcome_for_redis_hands_the_body_bytes_over_and_reads_them_back() -> No
     failed = Outcome.from_record({"http_status": 502, "error": None, "body": OWN_KEY},
                                  orjson.dumps(envelope))
     assert finished_view("i" * 24, 1.0, 2.0, 3.0, failed).error == envelope["error"]
+    # The record says its body has a key of its own, and that key is gone: not a success.
+    gone = finished_view("i" * 24, 1.0, 2.0, 3.0, Outcome.from_record(record, None))
+    assert gone.state == "failed"
+    assert gone.error is not None
+    assert "no longer in the store" in gone.error
 
 
 def test_outcome_record_of_a_failed_aggregate_keeps_its_error_line() -> None:

@@ -32,6 +32,8 @@ SHUTDOWN = "the gateway process running this job shut down before it finished"
 SHUTDOWN_QUEUED = "the gateway shut down before this job started"
 CRASHED = "the job failed inside the gateway; the server log has details"
 TIMED_OUT = "the job did not finish within its deadline"
+RESULT_GONE = ("the job's result is no longer in the store (its key was evicted or deleted;"
+               " run Redis with maxmemory-policy noeviction)")
 TOO_LARGE = "result too large"  # over jobs.max_result_bytes (SPEC section 13)
 # A Redis job's result: RAW_BODY carries its body bytes to the queue, which keeps them under
 # a key of their own and marks the record's result {"body": OWN_KEY} (`_saq.py`).
@@ -166,7 +168,9 @@ class Outcome:
         """A Redis job's result: `to_redis`'s record with the `body` read from its own key;
         also `to_record`'s and `to_json`'s forms (records of earlier versions)."""
         if isinstance(record, dict) and record.get("body") == OWN_KEY:
-            raw = body
+            if body is None:  # the body's key is gone (evicted, deleted): no null success
+                return cls(None, None, RESULT_GONE)
+            raw: bytes | None = body
         elif not isinstance(record, dict) or "body_json" not in record:
             return cls.from_json(record)
         else:
