@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing import forkserver, get_context
+from multiprocessing import forkserver, get_context, resource_tracker
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -222,9 +222,12 @@ class _Master:
         process = self.ctx.Process(target=_worker, kwargs={
             "config": self.config, "sockets": self.sockets, "shutdown_event": self.stop})
         process.daemon = self.config.daemon
+        # The resource tracker first: (re)starting it unblocks SIGINT in this process,
+        # which inside the block would let the fork server start without it blocked.
+        resource_tracker.ensure_running()
         with _blocked(_WORKER_IGNORES):  # if the fork server (re)starts now: see the top
             forkserver.ensure_running()
-        process.start()
+            process.start()  # it calls ensure_running again: a restart then is covered too
         self.workers[process] = time.monotonic()
         log.info("worker %s started", process.pid)
 
