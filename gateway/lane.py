@@ -81,8 +81,9 @@ _SIGNALS = (signals.request_started, signals.request_finished,
 
 
 def app_shape(app: Quart) -> tuple[object, ...]:
-    """What the app's setup added: routes, request and app-context hooks, error handlers,
-    signals, host matching, and the views and session the gateway's routes run with."""
+    """What the app's setup methods added: routes, request and app-context hooks, error
+    handlers, blueprints. Only a setup method changes these (`GatewayApp.setups` counts
+    its calls), so the lane recounts them only then."""
     hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs,
              app.url_value_preprocessors, app.url_default_functions)
     return (sum(1 for _ in app.url_map.iter_rules()),
@@ -90,9 +91,13 @@ def app_shape(app: Quart) -> tuple[object, ...]:
             len(app.teardown_appcontext_funcs),
             sum(len(by_code) for spec in app.error_handler_spec.values()
                 for by_code in spec.values()),
-            len(app.blueprints),
-            sum(bool(signal.receivers) for signal in _SIGNALS),
-            app.config["SERVER_NAME"], app.url_map.host_matching, app.subdomain_matching,
+            len(app.blueprints), app.url_map.host_matching, app.subdomain_matching)
+
+
+def app_wiring(app: Quart) -> tuple[object, ...]:
+    """What changes without a setup method: signal receivers, `SERVER_NAME`, the views and
+    session the catch-all runs with. Cheap enough to look at on every request."""
+    return (*(bool(signal.receivers) for signal in _SIGNALS), app.config["SERVER_NAME"],
             app.view_functions.get("aggregate"), app.view_functions.get("aggregate_root"),
             type(app.session_interface))
 
@@ -104,13 +109,17 @@ class Lane:
         self._gw = gw
         self._inner = inner
         self._cors = cors  # the app has the CORS hook (`Gateway._cors`), so the lane adds it
-        self._own: tuple[object, ...] = ()
+        self._own: tuple[object, ...] = ()  # app_shape when sealed
+        self._own_wiring: tuple[object, ...] = ()
+        self._setups = -1  # GatewayApp.setups when the shape was last compared
+        self._shaped = False  # and whether it was still the gateway's own
         self._told = False  # the log line, once
         self.served = 0  # requests the lane answered (the rest went to Quart)
 
     def seal(self) -> None:
         """The gateway's own setup is done: what the app holds now is all its own."""
-        self._own = app_shape(self._gw.app)
+        app = self._gw.app
+        self._own, self._own_wiring = app_shape(app), app_wiring(app)
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
                        send: ASGISendCallable) -> None:
@@ -133,9 +142,14 @@ class Lane:
         await self._inner(scope, receive, send)
 
     def is_open(self) -> bool:
-        """Whether the app is still only what the gateway made of it: looked at on every
-        request (a few µs), since Quart takes new routes and hooks while it serves."""
-        open_ = bool(self._own) and app_shape(self._gw.app) == self._own
+        """Whether the app is still only what the gateway made of it. Quart takes new routes
+        and hooks while it serves, so this is asked on every request: the setup part is
+        recounted when a setup method has run, the rest looked at each time."""
+        app = self._gw.app
+        if app.setups != self._setups:  # a setup method ran since: recount (rare)
+            self._setups = app.setups
+            self._shaped = bool(self._own) and app_shape(app) == self._own
+        open_ = self._shaped and app_wiring(app) == self._own_wiring
         if not open_ and not self._told:
             self._told = True
             log.info("the app was extended through Quart: every request goes through it")

@@ -36,8 +36,15 @@ class GatewayApp(Quart):
     request_class = GatewayRequest
 
     def __init__(self, gateway: Gateway, import_name: str) -> None:
+        self.setups = 0  # setup methods called (routes, hooks, handlers...): lane.py
         super().__init__(import_name)
         self.gateway = gateway
+
+    def _check_setup_finished(self, f_name: str) -> None:
+        """Every setup method (`route`, `before_request`, `errorhandler`...) passes here
+        first: counted, so the lane knows when to look at the app's shape again."""
+        self.setups += 1
+        super()._check_setup_finished(f_name)
 
 
 def current_request() -> GatewayRequest:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from quart import Response
+from quart import Response, signals
 from support import (
     GatewayClientFactory,
     HypercornFactory,
@@ -333,3 +333,25 @@ async def test_rate_limit_headers_come_where_quart_puts_them(
     assert names[0] == names[1]
     assert served == [1, 0]
     assert "ratelimit" in names[0]
+
+
+async def test_a_request_signal_connected_while_serving_sends_requests_through_quart(
+    upstream: UpstreamFactory, gateway_client: GatewayClientFactory
+) -> None:
+    """Signals connect without a setup method: the lane looks at them on every request."""
+    up = await upstream()
+    gw = Gateway(_config(up))
+    client = await gateway_client(gw)
+    seen: list[object] = []
+
+    async def started(sender: object, **_: object) -> None:
+        seen.append(sender)
+
+    assert (await client.get("/users/7?tag=x")).status_code == 200
+    signals.request_started.connect(started, gw.app)
+    try:
+        assert (await client.get("/users/7?tag=x")).status_code == 200
+    finally:
+        signals.request_started.disconnect(started, gw.app)
+    assert seen == [gw.app]  # Quart sent it: the second request went through Quart
+    assert gw.lane.served == 1
