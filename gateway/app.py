@@ -44,7 +44,7 @@ from .ingress import HTTP, Door, Ingress, wants_body
 from .lifecycle import OnCall
 from .origin import OriginPolicy
 from .plan import compile_plans
-from .result import Result, refusal, request_id, strategy_of
+from .result import Result, internal_error, refusal, request_id, strategy_of
 from .routing import CodeView, Router, Target
 from .runtime import Runtime
 from .wrappers import GatewayApp, current_request
@@ -253,11 +253,10 @@ class Gateway:
         return self._error(status, message, _incoming_headers(), time.perf_counter())
 
     async def _internal_error(self, error: Exception) -> Response:
-        headers = _incoming_headers()
-        rid = request_id(headers)
-        log.error("unhandled error (request id %s)", rid, exc_info=error)
-        return self._error(500, f"internal error (request id {rid})", headers,
-                           time.perf_counter())
+        answer = internal_error(_incoming_headers(), self.config.gateway.strategy)
+        log.error("unhandled error (request id %s)", answer.headers["X-Request-ID"],
+                  exc_info=error)
+        return _respond(answer)
 
     def _preflight(self) -> Response:
         return Response(b"", status=204, headers=self.origins.preflight_headers(request.headers))

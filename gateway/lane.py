@@ -58,7 +58,7 @@ from .door import Door
 from .errors import RequestError
 from .ingress import HTTP
 from .logs import ROUTE_SCOPE_KEY
-from .result import Result, refusal, request_id, strategy_of
+from .result import Result, internal_error
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -230,11 +230,10 @@ class Lane:
 
     def _bug(self, headers: Headers, error: Exception) -> Result:
         """A bug: the 500 envelope with the request id, logged; never a traceback (as Quart)."""
-        rid = request_id(headers)
-        log.error("unhandled error (request id %s)", rid, exc_info=error)
-        return refusal(500, f"internal error (request id {rid})", request_id=rid,
-                       strategy=strategy_of(headers, self._gw.config.gateway.strategy),
-                       started=time.perf_counter())
+        answer = internal_error(headers, self._gw.config.gateway.strategy)
+        log.error("unhandled error (request id %s)", answer.headers["X-Request-ID"],
+                  exc_info=error)
+        return answer
 
     async def _send(self, scope: HTTPScope, send: ASGISendCallable, result: Result,
                     extra: dict[str, str], headers: Headers, started: float,

@@ -50,6 +50,14 @@ def strategy_of(headers: HeaderMap, default: str) -> str:
     return asked if asked in STRATEGIES else default
 
 
+def internal_error(headers: HeaderMap, default_strategy: str) -> Result:
+    """The 500 for a bug outside any endpoint's own handling (the caller logs it): the
+    request id is the one line's, so the log and the client can be matched."""
+    rid = request_id(headers)
+    return refusal(500, f"internal error (request id {rid})", request_id=rid,
+                   strategy=strategy_of(headers, default_strategy), started=time.perf_counter())
+
+
 def result(status: int, data: Any, *, request_id: str, strategy: str, started: float,
            records: Iterable[CallRecord] = (), error: str | None = None,
            extra: Mapping[str, str] | None = None, complete: bool = False) -> Result:

@@ -106,8 +106,8 @@ class Authenticator:
         try:
             if not token:
                 raise _TokenError("empty bearer token")
-            keys = await self._keys(read_header(token))
-            return verify(token, self.policy, keys)
+            header = read_header(token)
+            return verify(token, self.policy, await self._keys(header), header)
         except _TokenError as error:
             metric = "expired" if error.reason == "token expired" else "invalid_token"
             raise _AuthFailure(error.reason, token=True, metric=metric) from None

@@ -107,20 +107,21 @@ class _Verified:
     end: float  # exp, plus the leeway (exclusive)
 
 
-def verify(token: str, policy: TokenPolicy, keys: KeySet) -> dict[str, Any]:
+def verify(token: str, policy: TokenPolicy, keys: KeySet,
+           header: dict[str, Any] | None = None) -> dict[str, Any]:
     """The token's claims if it is valid under `policy` with one of `keys`; else `_TokenError`.
 
     A token these keys verified before under this policy is not checked again while its
     `iat`/`nbf`/`exp` still let it pass: the same bytes, signed by the same key, verify the
     same way. Outside that window (expired, say) it is checked in full, which refuses it
-    with the reason.
+    with the reason. `header` is `read_header(token)`, when the caller has read it already.
     """
     hit = keys.verified.get(token)
     if hit is not None:
         if hit.policy is policy and hit.start <= time.time() < hit.end:
             return copy.deepcopy(hit.claims)  # a caller may change its claims, lists too
         del keys.verified[token]  # out of its window (or another policy): checked in full
-    header = read_header(token)
+    header = read_header(token) if header is None else header
     alg: str = header["alg"]
     if alg not in policy.algorithms or key_family(alg) is None:
         # repr: the alg is client text; a newline in it must not split the one-line reason
