@@ -20,6 +20,7 @@ import dataclasses
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import configs
 import harness
@@ -51,11 +52,7 @@ def main() -> int:
         upstream = harness.start_upstream(procs)
         for n in range(args.rounds):
             for server in (before, after):
-                row = run._measure(procs, server, upstream, args.duration, args.warmup,
-                                   args.connections, 1, SERVER_CPUS)
-                if "skipped" in row or row["errors"]:
-                    raise SystemExit(f"{server.name}: {row.get('skipped') or 'errors'}")
-                us = row["server_cpu"] * 1e6 / row["rps"]
+                row, us = _cpu_per_request(procs, server, upstream, args)
                 rows[server.name].append({"rps": row["rps"], "cpu_us": us})
                 print(f"round {n + 1} {server.name:>6}: {row['rps']:8.1f} req/s  "
                       f"{us:7.0f} us CPU/request  load core {row['load_core_busy']:.0%}",
@@ -66,6 +63,16 @@ def main() -> int:
     print(f"| before | {b:.1f} | {bc:.0f} |\n| after | {a:.1f} | {ac:.0f} |")
     print(f"after/before: throughput {a / b:.3f}x, CPU per request {ac / bc:.3f}x")
     return 0
+
+
+def _cpu_per_request(procs: Procs, server: Server, upstream: str,
+                     args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    """One measured wrk run of `server` on the server core: its row and CPU µs/request."""
+    row = run._measure(procs, server, upstream, args.duration, args.warmup,
+                       args.connections, 1, SERVER_CPUS)
+    if "skipped" in row or row["errors"]:
+        raise SystemExit(f"{server.name}: {row.get('skipped') or 'errors'}")
+    return row, row["server_cpu"] * 1e6 / row["rps"]
 
 
 def _slopes(args: argparse.Namespace, widths: list[int]) -> int:
@@ -81,11 +88,7 @@ def _slopes(args: argparse.Namespace, widths: list[int]) -> int:
                 after: Server = harness.gateway_server("after", path)
                 before = dataclasses.replace(after, name="before", env=env)
                 for server in (before, after):
-                    row = run._measure(procs, server, upstream, args.duration, args.warmup,
-                                       args.connections, 1, SERVER_CPUS)
-                    if "skipped" in row or row["errors"]:
-                        raise SystemExit(f"{server.name}: {row.get('skipped') or 'errors'}")
-                    us = row["server_cpu"] * 1e6 / row["rps"]
+                    _, us = _cpu_per_request(procs, server, upstream, args)
                     cpu.setdefault((server.name, n), []).append(us)
                     print(f"{server.name:>6} {n:3} calls: {us:8.0f} us CPU/request",
                           file=sys.stderr, flush=True)
